@@ -1,0 +1,152 @@
+//! Command-line arguments (lexopt): `herd [--config PATH] NAME`, `--help`, `--version`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+pub const HELP: &str = "\
+herd: one server of a proxy herd (see herd.yml and README.md)
+
+Usage: herd [--config PATH] NAME
+       herd [--config PATH] --list
+
+Arguments:
+  NAME                 the server to run, as named under `servers:` in the config
+
+Options:
+  -c, --config PATH    the herd description [default: herd.yml]
+  -l, --list           check the config and print one line per server:
+                       NAME HOST PORT PEER_PORT LOG_FILE (used by run.sh)
+  -h, --help           print this help
+  -V, --version        print the version
+
+Environment:
+  GOOGLE_PLACES_API_KEY  the Places API key (the variable named by places.key_env)
+  HERD_PLACES_URL        overrides places.url
+  HERD_PLACES_API        overrides places.api (new | legacy)
+";
+
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Run(Args),
+    List(PathBuf),
+    Help,
+    Version,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Args {
+    pub config: PathBuf,
+    pub name: String,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum CliError {
+    MissingName,
+    ExtraArgument(String),
+    Invalid(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::MissingName => f.write_str("missing server NAME"),
+            CliError::ExtraArgument(a) => write!(f, "unexpected argument `{a}`: one server NAME per process"),
+            CliError::Invalid(msg) => f.write_str(msg),
+        }
+    }
+}
+
+impl From<lexopt::Error> for CliError {
+    fn from(e: lexopt::Error) -> Self {
+        CliError::Invalid(e.to_string())
+    }
+}
+
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliError> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut config = PathBuf::from("herd.yml");
+    let mut name = None;
+    let mut list = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('c') | Long("config") => config = parser.value()?.into(),
+            Short('l') | Long("list") => list = true,
+            Value(v) if name.is_none() => {
+                name = Some(
+                    v.into_string()
+                        .map_err(|v| CliError::Invalid(format!("server name {v:?} is not UTF-8")))?,
+                )
+            }
+            Value(v) => return Err(CliError::ExtraArgument(v.to_string_lossy().into_owned())),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    if list {
+        return match name {
+            Some(n) => Err(CliError::ExtraArgument(n)),
+            None => Ok(Command::List(config)),
+        };
+    }
+    let name = name.ok_or(CliError::MissingName)?;
+    Ok(Command::Run(Args { config, name }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<Command, CliError> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    fn run(config: &str, name: &str) -> Result<Command, CliError> {
+        Ok(Command::Run(Args {
+            config: config.into(),
+            name: name.into(),
+        }))
+    }
+
+    #[test]
+    fn name_with_default_config() {
+        assert_eq!(p(&["Bailey"]), run("herd.yml", "Bailey"));
+    }
+
+    #[test]
+    fn config_in_every_spelling() {
+        for args in [
+            &["--config", "x.yml", "Bona"][..],
+            &["--config=x.yml", "Bona"],
+            &["-c", "x.yml", "Bona"],
+            &["Bona", "--config", "x.yml"],
+        ] {
+            assert_eq!(p(args), run("x.yml", "Bona"), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_win() {
+        assert_eq!(p(&["--help"]), Ok(Command::Help));
+        assert_eq!(p(&["Bailey", "-h"]), Ok(Command::Help));
+        assert_eq!(p(&["--version"]), Ok(Command::Version));
+        assert_eq!(p(&["-V"]), Ok(Command::Version));
+    }
+
+    #[test]
+    fn list_takes_no_name() {
+        assert_eq!(p(&["--list"]), Ok(Command::List("herd.yml".into())));
+        assert_eq!(p(&["-c", "h.yml", "-l"]), Ok(Command::List("h.yml".into())));
+        assert_eq!(p(&["--list", "A"]), Err(CliError::ExtraArgument("A".into())));
+    }
+
+    #[test]
+    fn errors_are_named() {
+        assert_eq!(p(&[]), Err(CliError::MissingName));
+        assert_eq!(p(&["A", "B"]), Err(CliError::ExtraArgument("B".into())));
+        assert!(matches!(p(&["--bogus", "A"]), Err(CliError::Invalid(m)) if m.contains("--bogus")));
+        assert!(matches!(p(&["A", "--config"]), Err(CliError::Invalid(m)) if m.contains("--config")));
+    }
+}

@@ -1,0 +1,401 @@
+//! WHATSAT through the real binary against the local Places imitation (SPEC §2): request
+//! shape for both APIs, every error path, bounds, ordering, concurrency and the key's
+//! secrecy.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::places_stub::{Behaviour, LEGACY_PATH, NEW_PATH, PlacesStub};
+use support::*;
+
+const KEY: &str = "test-key-5ecr3t-0123456789";
+const KIWI: &str = "IAMAT kiwi +34.068930-118.445127 1621464827.959498503";
+
+/// One server pointed at `stub` with the given API, workers and timeout, a key set.
+fn herd_with(stub: &PlacesStub, api: &str, workers: usize, timeout_ms: u64, key: Option<&str>) -> Herd {
+    let extra = format!(
+        "places: {{ api: {api}, url: '{}/', workers: {workers}, timeout_ms: {timeout_ms} }}\nlog: {{ dir: logs, level: trace }}\n",
+        stub.url()
+    );
+    let mut h = Herd::new(&[("Alpha", &[])], &extra);
+    if let Some(k) = key {
+        h.env.push(("GOOGLE_PLACES_API_KEY".into(), k.into()));
+    }
+    h.start("Alpha");
+    h
+}
+
+/// Asks WHATSAT and returns the AT line and the parsed JSON (checking the reply's framing).
+fn whatsat(c: &mut Client, msg: &str) -> (String, Value, String) {
+    c.send(format!("{msg}\n"));
+    let (at, json) = c.whatsat_reply();
+    assert!(
+        json.ends_with("}\n"),
+        "JSON ends with }} then the blank line: {json:?}"
+    );
+    let value: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("not JSON ({e}): {json}"));
+    (at, value, json)
+}
+
+fn status(v: &Value) -> &str {
+    v["status"].as_str().unwrap_or("<none>")
+}
+
+fn results(v: &Value) -> usize {
+    v["results"].as_array().map(Vec::len).unwrap_or(usize::MAX)
+}
+
+#[test]
+fn new_api_request_shape_and_mapped_reply() {
+    let stub = PlacesStub::start();
+    let h = herd_with(&stub, "new", 2, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    let at = c.ask(KIWI);
+    let (got_at, v, text) = whatsat(&mut c, "WHATSAT kiwi 10 5");
+    assert_eq!(got_at, at);
+    assert_eq!(status(&v), "OK");
+    assert_eq!(results(&v), 5);
+    // Google's legacy print style.
+    assert!(
+        text.starts_with("{\n   \"html_attributions\" : [],\n   \"results\" : [\n      {\n"),
+        "{text}"
+    );
+    let first = &v["results"][0];
+    for field in ["name", "place_id", "geometry", "vicinity", "types"] {
+        assert!(first.get(field).is_some(), "mapped field {field} in {first}");
+    }
+    assert!(first["geometry"]["location"]["lat"].is_number());
+    let reqs = stub.wait_requests(1, DEADLINE);
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", NEW_PATH));
+    assert_eq!(r.header("x-goog-api-key"), Some(KEY));
+    let mask = r.header("x-goog-fieldmask").unwrap_or_default();
+    assert!(
+        mask.contains("places.displayName") && mask.contains("places.location"),
+        "{mask}"
+    );
+    assert!(!mask.contains('*'), "no wildcard field mask: {mask}");
+    let body = r.json().expect("JSON body");
+    assert_eq!(body["maxResultCount"], 5);
+    let circle = &body["locationRestriction"]["circle"];
+    assert_eq!(circle["center"]["latitude"].as_f64(), Some(34.06893));
+    assert_eq!(circle["center"]["longitude"].as_f64(), Some(-118.445127));
+    assert_eq!(circle["radius"].as_f64(), Some(10000.0));
+}
+
+#[test]
+fn legacy_api_request_shape_passthrough_and_bounds() {
+    let stub = PlacesStub::start();
+    let h = herd_with(&stub, "legacy", 2, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    for bound in [1usize, 3, 20] {
+        let (_, v, _) = whatsat(&mut c, &format!("WHATSAT kiwi 0.5 {bound}"));
+        assert_eq!(status(&v), "OK");
+        assert_eq!(results(&v), bound, "results cut to the bound");
+        assert!(
+            v.get("next_page_token").is_some(),
+            "Google's keys are passed through"
+        );
+    }
+    let reqs = stub.wait_requests(3, DEADLINE);
+    let r = &reqs[0];
+    assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", LEGACY_PATH));
+    assert_eq!(r.param("location"), Some("34.06893,-118.445127"));
+    assert_eq!(r.param("radius"), Some("500"));
+    assert_eq!(r.param("key"), Some(KEY));
+}
+
+#[test]
+fn bound_zero_and_no_key_make_no_call() {
+    let stub = PlacesStub::start();
+    let h = herd_with(&stub, "new", 2, 5000, None);
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 10 5");
+    assert_eq!(status(&v), "REQUEST_DENIED");
+    assert!(
+        v["error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("GOOGLE_PLACES_API_KEY")
+    );
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 10 0");
+    assert_eq!(status(&v), "OK");
+    assert_eq!(results(&v), 0);
+    assert!(stub.requests().is_empty(), "no upstream call");
+}
+
+#[test]
+fn google_errors_and_transport_failures_map_to_legacy_statuses() {
+    let stub = PlacesStub::start();
+    let h = herd_with(&stub, "new", 2, 1000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let envelope = |http: u16, st: &str| Behaviour::Envelope {
+        http,
+        status: st.into(),
+        message: format!("google says {http}"),
+    };
+    let cases: Vec<(Behaviour, &str, &str)> = vec![
+        (
+            envelope(400, "INVALID_ARGUMENT"),
+            "INVALID_REQUEST",
+            "google says 400",
+        ),
+        (
+            envelope(403, "PERMISSION_DENIED"),
+            "REQUEST_DENIED",
+            "google says 403",
+        ),
+        (
+            envelope(429, "RESOURCE_EXHAUSTED"),
+            "OVER_QUERY_LIMIT",
+            "google says 429",
+        ),
+        (envelope(500, "INTERNAL"), "UNKNOWN_ERROR", "google says 500"),
+        (Behaviour::NotJson { http: 200 }, "UNKNOWN_ERROR", "JSON"),
+        (Behaviour::NotJson { http: 502 }, "UNKNOWN_ERROR", "502"),
+        (Behaviour::Drop, "UNKNOWN_ERROR", ""),
+        (
+            Behaviour::Delay(Duration::from_millis(2500)),
+            "UNKNOWN_ERROR",
+            "timed out",
+        ),
+    ];
+    for (i, (behaviour, want, msg_part)) in cases.into_iter().enumerate() {
+        stub.set(behaviour.clone());
+        // A different radius each time: no answer is shared with an earlier call.
+        let (_, v, _) = whatsat(&mut c, &format!("WHATSAT kiwi {} 5", i + 1));
+        assert_eq!(status(&v), want, "{behaviour:?}: {v}");
+        assert_eq!(results(&v), 0, "{behaviour:?}");
+        let msg = v["error_message"].as_str().unwrap_or_default();
+        assert!(
+            !msg.is_empty() && msg.contains(msg_part),
+            "{behaviour:?}: error_message {msg:?}"
+        );
+        assert!(!msg.contains(KEY));
+    }
+    stub.set(Behaviour::ZeroResults);
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 40 5");
+    assert_eq!(status(&v), "ZERO_RESULTS");
+    stub.set(Behaviour::BlankLines);
+    let (_, v, text) = whatsat(&mut c, "WHATSAT kiwi 41 5");
+    assert_eq!(status(&v), "OK");
+    assert!(!text.contains("\n\n"), "no blank line inside the JSON");
+}
+
+#[test]
+fn unreachable_upstream_is_unknown_error() {
+    let dead = free_port();
+    let extra = format!("places: {{ api: new, url: 'http://127.0.0.1:{dead}', timeout_ms: 1000 }}\n");
+    let mut h = Herd::new(&[("Alpha", &[])], &extra);
+    h.env.push(("GOOGLE_PLACES_API_KEY".into(), KEY.into()));
+    h.start("Alpha");
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 10 5");
+    assert_eq!(status(&v), "UNKNOWN_ERROR");
+    assert!(!v["error_message"].as_str().unwrap_or_default().is_empty());
+}
+
+#[test]
+fn legacy_google_error_statuses_pass_through() {
+    let stub = PlacesStub::start();
+    let h = herd_with(&stub, "legacy", 2, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    for (i, st) in [
+        "REQUEST_DENIED",
+        "OVER_QUERY_LIMIT",
+        "INVALID_REQUEST",
+        "ZERO_RESULTS",
+    ]
+    .iter()
+    .enumerate()
+    {
+        stub.set(Behaviour::LegacyStatus {
+            status: st.to_string(),
+            message: Some(format!("legacy says {st}")),
+        });
+        let (_, v, _) = whatsat(&mut c, &format!("WHATSAT kiwi {} 5", i + 1));
+        assert_eq!(status(&v), *st);
+    }
+}
+
+#[test]
+fn a_waiting_whatsat_holds_back_later_replies_on_its_connection_only() {
+    let stub = PlacesStub::start();
+    stub.set(Behaviour::Delay(Duration::from_millis(700)));
+    let h = herd_with(&stub, "new", 2, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    let mut other = h.client("Alpha");
+    c.ask(KIWI);
+    c.send(format!(
+        "WHATSAT kiwi 10 2\nIAMAT after +1+1 {}\nbogus\n",
+        now_text()
+    ));
+    // Meanwhile another connection is answered at once.
+    let started = Instant::now();
+    assert!(
+        other
+            .ask(&format!("IAMAT other +1+1 {}", now_text()))
+            .starts_with("AT Alpha ")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    let (at, json) = c.whatsat_reply();
+    assert!(at.contains(" kiwi "), "the WHATSAT reply comes first: {at}");
+    assert!(json.contains("\"status\" : \"OK\""));
+    assert!(c.line().contains(" after "));
+    assert_eq!(c.line(), "? bogus\n");
+}
+
+#[test]
+fn identical_requests_in_flight_share_one_upstream_call() {
+    let stub = PlacesStub::start();
+    stub.set(Behaviour::Delay(Duration::from_millis(500)));
+    let h = herd_with(&stub, "new", 4, 5000, Some(KEY));
+    let mut a = h.client("Alpha");
+    let mut b = h.client("Alpha");
+    a.ask(KIWI);
+    a.send("WHATSAT kiwi 10 3\n");
+    b.send("WHATSAT kiwi 10 3\n");
+    let (_, va, _) = {
+        let (at, json) = a.whatsat_reply();
+        (at, serde_json::from_str::<Value>(&json).expect("json"), json)
+    };
+    let (_, jb) = b.whatsat_reply();
+    let vb: Value = serde_json::from_str(&jb).expect("json");
+    assert_eq!(va, vb);
+    assert_eq!(results(&va), 3);
+    assert_eq!(stub.requests().len(), 1, "one call for two identical requests");
+}
+
+#[test]
+fn hundred_slow_lookups_use_all_workers_while_iamat_stays_fast() {
+    let stub = PlacesStub::start();
+    stub.set(Behaviour::Delay(Duration::from_secs(1)));
+    let workers = 20;
+    let h = herd_with(&stub, "new", workers, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let started = Instant::now();
+    // 100 distinct queries (radius × bound), so none is shared.
+    let mut batch = String::new();
+    for i in 0..100 {
+        batch += &format!("WHATSAT kiwi {} {}\n", i % 50 + 1, i / 50 + 1);
+    }
+    c.send(batch);
+    let mut other = h.client("Alpha");
+    let mut iamat_ms = Vec::new();
+    let reader = std::thread::spawn(move || {
+        for _ in 0..100 {
+            let (_, json) = c.whatsat_reply();
+            assert!(json.contains("\"status\" : \"OK\""), "{json}");
+        }
+    });
+    while !reader.is_finished() && iamat_ms.len() < 200 {
+        let t = Instant::now();
+        let r = other.ask(&format!("IAMAT probe +1+1 {}", now_text()));
+        assert!(r.starts_with("AT Alpha "));
+        iamat_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reader.join().expect("all 100 answered");
+    let elapsed = started.elapsed();
+    let ideal = Duration::from_secs(100 / workers as u64);
+    assert!(
+        elapsed >= ideal - Duration::from_millis(200),
+        "{elapsed:?}: faster than the stub allows?"
+    );
+    assert!(
+        elapsed < ideal * 2 + Duration::from_secs(2),
+        "{elapsed:?} for 100 × 1 s on {workers} workers"
+    );
+    assert_eq!(stub.requests().len(), 100);
+    iamat_ms.sort_by(f64::total_cmp);
+    let median = iamat_ms[iamat_ms.len() / 2];
+    assert!(
+        median < 10.0,
+        "IAMAT median {median:.2} ms while Places calls wait: {iamat_ms:?}"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_before_its_answer_does_not_get_it_delivered_to_a_successor() {
+    let stub = PlacesStub::start();
+    stub.set(Behaviour::Delay(Duration::from_millis(600)));
+    let h = herd_with(&stub, "new", 2, 5000, Some(KEY));
+    let mut first = h.client("Alpha");
+    first.ask(KIWI);
+    first.send("WHATSAT kiwi 10 2\n");
+    stub.wait_requests(1, DEADLINE);
+    // A reset, not a half-close: the server must drop the connection (and free its slot)
+    // while the answer is still on its way.
+    socket2::SockRef::from(&first.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(first);
+    let closed = eventually(DEADLINE, || {
+        h.log("Alpha").contains("closed: Connection reset").then_some(())
+    });
+    assert!(closed.is_some(), "server noticed the reset");
+    // The new connection takes the freed slot (slots are reused last-in first-out) and
+    // has its own WHATSAT waiting in the same place of its order; only the generation
+    // tells the two answers apart.
+    let mut next = h.client("Alpha");
+    next.send("WHATSAT kiwi 10 5\n");
+    let (_, json) = next.whatsat_reply();
+    let v: Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(
+        results(&v),
+        5,
+        "got the departed client's answer (bound 2) instead of its own"
+    );
+    assert!(
+        next.silent_for(Duration::from_millis(300)),
+        "an extra answer leaked"
+    );
+    assert!(next.ask("x").starts_with("? x"), "server still serving");
+}
+
+#[test]
+fn the_key_never_reaches_logs_or_replies() {
+    let stub = PlacesStub::start();
+    let h = herd_with(&stub, "legacy", 2, 500, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let mut all = String::new();
+    for (i, b) in [
+        Behaviour::Normal,
+        Behaviour::Drop,
+        Behaviour::Delay(Duration::from_millis(1200)),
+        Behaviour::NotJson { http: 500 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        stub.set(b);
+        let (_, _, text) = whatsat(&mut c, &format!("WHATSAT kiwi {} 2", i + 1));
+        all += &text;
+    }
+    assert!(
+        stub.requests().iter().any(|r| r.param("key") == Some(KEY)),
+        "the key was sent upstream"
+    );
+    assert!(!all.contains(KEY), "key in a reply");
+    let log = eventually(DEADLINE, || {
+        let l = h.log("Alpha");
+        (l.matches("places legacy").count() >= 4).then_some(l)
+    })
+    .expect("Places calls logged");
+    assert!(!log.contains(KEY), "key in the log");
+    assert!(!log.contains("5ecr3t"), "part of the key in the log");
+}

@@ -520,3 +520,51 @@ fn port_in_use_exits_2_and_leaves_nothing_listening() {
         "peer port not left bound"
     );
 }
+
+#[test]
+fn a_pipelining_client_does_not_starve_others() {
+    let h = Herd::single("log: { dir: logs, level: warn }\n");
+    let mut hog = h.client("Alpha");
+    let mut writer = hog.stream.try_clone().expect("clone");
+    let line = format!("IAMAT hog +1+1 {}\n", now_text());
+    let total = 400_000;
+    let payload = line.repeat(total);
+    let sender = std::thread::spawn(move || writer.write_all(payload.as_bytes()).is_ok());
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let mut lines = 0;
+        while lines < total {
+            match hog.reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count(),
+            }
+        }
+        lines
+    });
+    // While the hog's stream is being served, another client's requests are answered
+    // between the hog's turns, not after its whole pipeline. (Turns end after 64 messages
+    // or when 256 KiB of replies wait; with neither, this waits seconds.)
+    let mut other = h.client("Alpha");
+    let mut worst = Duration::ZERO;
+    let mut asked = 0;
+    while !reader.is_finished() && asked < 50 {
+        let started = Instant::now();
+        assert!(
+            other
+                .ask(&format!("IAMAT small +1+1 {}", now_text()))
+                .starts_with("AT Alpha ")
+        );
+        worst = worst.max(started.elapsed());
+        asked += 1;
+    }
+    assert!(sender.join().expect("sender"), "all sent");
+    assert_eq!(reader.join().expect("reader"), total, "every hog line answered");
+    assert!(
+        asked >= 5,
+        "the hog finished before we could measure ({asked} asks)"
+    );
+    assert!(
+        worst < Duration::from_millis(100),
+        "another client waited {worst:?} behind a pipeline"
+    );
+}

@@ -279,18 +279,20 @@ impl Reactor {
         places_key: Option<String>,
     ) -> Result<Reactor, StartError> {
         let poll = Poll::new().map_err(|e| StartError::Io("cannot create poll", e))?;
-        let listener = listen(&poll, settings.client_addr, LISTENER)?;
-        let peer_listener = listen(&poll, settings.peer_addr, PEER_LISTENER)?;
-        let waker =
-            Waker::new(poll.registry(), WAKER).map_err(|e| StartError::Io("cannot create waker", e))?;
-        let pool = Pool::start(places_cfg, places_key, Arc::new(waker), PLACES_QUEUE)
-            .map_err(|e| StartError::Io("cannot start Places workers", e))?;
+        // Before listening: once the port accepts, a supervisor may already signal us, and
+        // the default action would kill the process instead of a clean exit 0.
         let mut signals =
             signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
                 .map_err(|e| StartError::Io("cannot watch signals", e))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| StartError::Io("cannot register signals", e))?;
+        let listener = listen(&poll, settings.client_addr, LISTENER)?;
+        let peer_listener = listen(&poll, settings.peer_addr, PEER_LISTENER)?;
+        let waker =
+            Waker::new(poll.registry(), WAKER).map_err(|e| StartError::Io("cannot create waker", e))?;
+        let pool = Pool::start(places_cfg, places_key, Arc::new(waker), PLACES_QUEUE)
+            .map_err(|e| StartError::Io("cannot start Places workers", e))?;
         let now = Instant::now();
         let mut timers = TimerWheel::new(TIMER_TICK, TIMER_SLOTS, now);
         // Every link starts down with a dial due at once.

@@ -19,11 +19,72 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_herd");
 /// Generous: the suite runs on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A port nobody listens on right now. Ports come from the kernel's ephemeral range, so
-/// parallel tests do not collide with each other.
+/// A port nobody listens on right now, for a test server to bind.
+///
+/// Not from the kernel's ephemeral range: the tests' own outgoing connections take their
+/// local ports from there, and one could take a chosen port before its server binds it.
+/// Below that range, each test process claims a block of ports for itself (see
+/// `claim_block`), so neither parallel tests nor test processes running at the same time
+/// (two `cargo test`s on one machine) are handed the same port.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    const LOW: usize = 10_000;
+    const BLOCK: usize = 500;
+    // (block, ports of it handed out)
+    static STATE: std::sync::Mutex<Option<(usize, usize)>> = std::sync::Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let blocks = ephemeral_low.saturating_sub(LOW) / BLOCK;
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let (block, used) = match *state {
+            Some((block, used)) if used < BLOCK => (block, used),
+            _ => {
+                let first = std::process::id() as usize;
+                let block = (0..blocks)
+                    .map(|i| (first + i) % blocks)
+                    .find(|b| claim_block(*b))
+                    .unwrap_or_else(|| {
+                        panic!("every block of test ports in {LOW}..{ephemeral_low} is taken")
+                    });
+                (block, 0)
+            }
+        };
+        *state = Some((block, used + 1));
+        let port = (LOW + block * BLOCK + used) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Claims block `b` of test ports for this process with a file in the temp directory that
+/// holds its PID; a block whose process is gone is taken over.
+fn claim_block(b: usize) -> bool {
+    let dir = std::env::temp_dir().join("herd-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("block-{b}"));
+    let me = std::process::id().to_string();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => return f.write_all(me.as_bytes()).is_ok(),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&path).unwrap_or_default();
+                // Empty: its owner is writing it right now.
+                if owner.is_empty() || owner == me || Path::new("/proc").join(&owner).exists() {
+                    return false;
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// A scratch directory removed on drop.
@@ -252,6 +313,24 @@ impl Server {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// After `signal("STOP")`: waits until every thread of the process is stopped. SIGSTOP
+    /// stops a multi-threaded process only once one of its threads has run to take it, so
+    /// right after `kill` returns the reactor may still serve a little input.
+    pub fn wait_stopped(&self, within: Duration) -> bool {
+        let task = format!("/proc/{}/task", self.pid());
+        let stopped = || -> Option<bool> {
+            let mut all = true;
+            for t in std::fs::read_dir(&task).ok()? {
+                let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                // The state follows the command name, which is in parentheses.
+                let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                all &= state == "T" || state == "t";
+            }
+            Some(all)
+        };
+        eventually(within, || stopped().filter(|s| *s).map(|_| ())).is_some()
     }
 
     /// Waits for the process to exit; None if it is still running at the deadline.

@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# The benchmark suite: measures a reference (Redis PING) and herd in the same run, with the
+# same load generator, on this machine, and writes BENCHMARKS.md (every figure also as a
+# ratio to the reference) and bench/latency.svg.
+#
+#   bench/run.sh                 # ~3 minutes
+#   BENCH_DURATION=5s bench/run.sh
+#
+# Everything listens on 127.0.0.1 at free ports; every process started here is killed by
+# PID on exit. Needs redis-server (installed with apt-get when missing and run as root).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+duration=${BENCH_DURATION:-10s}
+warmup=${BENCH_WARMUP:-2s}
+out=$(mktemp -d /tmp/herd-bench.XXXXXX)
+pids=()
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+die() { echo "bench/run.sh: $*" >&2; exit 1; }
+step() { echo "== $*" >&2; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  local deadline=$((SECONDS + 20))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || die "nothing listening on port $1 after 20 s"
+    sleep 0.05
+  done
+}
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# Largest RSS of PID $1 while PID $2 runs, into file $3.
+sample_rss() {
+  local max=0 v
+  while kill -0 "$2" 2>/dev/null; do
+    v=$(rss_kib "$1" 2>/dev/null || echo 0)
+    [ "${v:-0}" -gt "$max" ] && max=$v
+    sleep 0.2
+  done
+  echo "$max" >"$3"
+}
+
+step "building (release)"
+(cd "$root" && cargo build --release --quiet -p herd -p herd-bench) || die "build failed"
+herd=$root/target/release/herd
+loadgen=$root/target/release/loadgen
+
+if ! command -v redis-server >/dev/null; then
+  step "installing redis-server (the reference)"
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null ||
+      die "could not install redis-server"
+  else
+    die "redis-server is missing: sudo apt-get install redis-server"
+  fi
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" -ge 10100 ] || die "need ulimit -n >= 10100 for 10,000 connections (have $(ulimit -n))"
+
+lg() { "$loadgen" --warmup "$warmup" --duration "$duration" --json --quiet "$@"; }
+
+# --- the reference -------------------------------------------------------------------
+redis_port=$(free_port)
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no --daemonize no \
+  --maxclients 20000 --loglevel warning >"$out/redis.log" 2>&1 &
+redis_pid=$!
+pids+=("$redis_pid")
+wait_port "$redis_port"
+redis=(--addr "127.0.0.1:$redis_port" --workload raw --line PING --expect +PONG)
+step "(a) Redis PING, 50 connections, pipeline 1 and 16"
+lg "${redis[@]}" -c 50 -d 1 >"$out/redis_p1.json"
+lg "${redis[@]}" -c 50 -d 16 >"$out/redis_p16.json"
+step "(f) Redis with 10,000 idle connections plus load (reference RSS per connection)"
+echo "$(rss_kib "$redis_pid")" >"$out/redis_rss_base"
+lg "${redis[@]}" -c 50 -d 1 --idle 10000 >"$out/redis_idle.json" &
+lgpid=$!
+sample_rss "$redis_pid" "$lgpid" "$out/redis_rss_peak"
+wait "$lgpid"
+
+# --- herd ------------------------------------------------------------------------------
+# A herd.yml for the given servers (name:neighbours) with fresh ports, logging at the
+# default level, Places pointed at $places_url.
+write_herd() {
+  local file=$1 places_url=$2
+  shift 2
+  {
+    echo "servers:"
+    for spec in "$@"; do
+      echo "  ${spec%%:*}: { host: 127.0.0.1, port: $(free_port), peer_port: $(free_port), neighbours: [${spec#*:}] }"
+    done
+    echo "places: { api: new, url: '$places_url', workers: 16, timeout_ms: 5000 }"
+    echo "log: { dir: $out/logs, level: info }"
+  } >"$file"
+}
+start_herd() { # config, names...
+  local cfg=$1
+  shift
+  for name in "$@"; do
+    GOOGLE_PLACES_API_KEY=bench-key "$herd" --config "$cfg" "$name" 2>>"$out/herd.stderr" &
+    pids+=("$!")
+    eval "pid_$name=$!"
+    wait_port "$("$herd" --config "$cfg" --list | awk -v n="$name" '$1 == n {print $3}')"
+  done
+}
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+port_of() { "$herd" --config "$1" --list | awk -v n="$2" '$1 == n {print $3}'; }
+
+places_port=$(free_port)
+python3 "$here/places_imitation.py" --port "$places_port" --delay-ms 50 &
+pids+=("$!")
+wait_port "$places_port"
+places_url="http://127.0.0.1:$places_port"
+
+write_herd "$out/one.yml" "$places_url" "Solo:"
+start_herd "$out/one.yml" Solo
+solo=(--addr "127.0.0.1:$(port_of "$out/one.yml" Solo)")
+step "(b) one herd server, IAMAT, 50 connections, pipeline 1 and 16"
+lg "${solo[@]}" --workload iamat -c 50 -d 1 >"$out/herd_p1.json"
+lg "${solo[@]}" --workload iamat -c 50 -d 16 >"$out/herd_p16.json"
+step "(d) WHATSAT against a Places imitation answering in 50 ms (16 workers)"
+lg "${solo[@]}" --workload whatsat --clients 2000 --radius 10 --bound 5 -c 32 -d 1 >"$out/whatsat.json"
+stop_pid "$pid_Solo"
+
+step "(f) one herd server with 10,000 idle connections plus load"
+start_herd "$out/one.yml" Solo
+echo "$(rss_kib "$pid_Solo")" >"$out/herd_rss_base"
+lg "${solo[@]}" --workload iamat -c 50 -d 1 --idle 10000 >"$out/herd_idle.json" &
+lgpid=$!
+sample_rss "$pid_Solo" "$lgpid" "$out/herd_rss_peak"
+wait "$lgpid"
+stop_pid "$pid_Solo"
+
+write_herd "$out/five.yml" "$places_url" \
+  "Bailey:Bona, Campbell" "Bona:Bailey, Campbell, Clark" "Campbell:Bailey, Bona, Jaquez" \
+  "Clark:Bona, Jaquez" "Jaquez:Campbell, Clark"
+start_herd "$out/five.yml" Bailey Bona Campbell Clark Jaquez
+step "(c) the five-server herd with flooding, IAMAT spread over all five"
+lg --config "$out/five.yml" --workload iamat -c 50 -d 1 >"$out/herd5_p1.json"
+step "(e) propagation Bailey -> Jaquez (two hops), 1,000 trials"
+"$loadgen" --json --quiet --workload propagation --trials 1000 \
+  --from "127.0.0.1:$(port_of "$out/five.yml" Bailey)" --to "127.0.0.1:$(port_of "$out/five.yml" Jaquez)" \
+  >"$out/propagation.json"
+
+step "writing BENCHMARKS.md and bench/latency.svg"
+python3 "$here/report.py" "$out" "$root/BENCHMARKS.md" "$here/latency.svg"
+echo "raw results: $out" >&2

@@ -64,7 +64,12 @@ impl LineReader {
     /// read. Reads land in `scratch` (one buffer shared by all connections) and only the
     /// bytes that arrived are copied, so a connection holds just its unprocessed input.
     /// `Interrupted` is retried; other errors are returned.
-    pub fn fill(&mut self, src: &mut impl Read, scratch: &mut [u8]) -> io::Result<Fill> {
+    ///
+    /// A read shorter than `scratch` means the socket was drained at that instant; with
+    /// edge-triggered readiness any later data raises a new event, so unless `until_eof`
+    /// (the peer has closed and its EOF must be seen) that counts as `WouldBlock` and saves
+    /// the extra `read` that would only return `EAGAIN`.
+    pub fn fill(&mut self, src: &mut impl Read, scratch: &mut [u8], until_eof: bool) -> io::Result<Fill> {
         self.compact();
         let cap = self.max_line + 2 + scratch.len();
         loop {
@@ -73,7 +78,12 @@ impl LineReader {
             }
             match src.read(scratch) {
                 Ok(0) => return Ok(Fill::Eof),
-                Ok(n) => self.buf.extend_from_slice(&scratch[..n]),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&scratch[..n]);
+                    if n < scratch.len() && !until_eof {
+                        return Ok(Fill::WouldBlock);
+                    }
+                }
                 Err(e) => match e.kind() {
                     ErrorKind::WouldBlock => return Ok(Fill::WouldBlock),
                     ErrorKind::Interrupted => {}
@@ -255,7 +265,23 @@ mod tests {
     /// `LineReader::fill` with a scratch buffer of the reactor's kind.
     fn fill(r: &mut LineReader, s: &mut impl Read) -> Option<Fill> {
         let mut scratch = vec![0u8; READ_CHUNK];
-        r.fill(s, &mut scratch).ok()
+        r.fill(s, &mut scratch, true).ok()
+    }
+
+    #[test]
+    fn a_short_read_ends_the_fill_unless_eof_is_wanted() {
+        let mut scratch = vec![0u8; 64];
+        let mut r = LineReader::new(100);
+        let mut s = src(&[b"a\n", b"b\n"], true);
+        assert_eq!(r.fill(&mut s, &mut scratch, false).ok(), Some(Fill::WouldBlock));
+        assert_eq!(drain(&mut r), vec!["a"]);
+        assert_eq!(r.fill(&mut s, &mut scratch, true).ok(), Some(Fill::Eof));
+        assert_eq!(drain(&mut r), vec!["b"]);
+        // A full read may have left more behind: keep reading.
+        let mut r = LineReader::new(100);
+        let mut s = src(&[&[b'x'; 64], b"\n"], false);
+        assert_eq!(r.fill(&mut s, &mut scratch, false).ok(), Some(Fill::WouldBlock));
+        assert_eq!(drain(&mut r), vec!["x".repeat(64)]);
     }
 
     fn src(chunks: &[&[u8]], eof: bool) -> Chunks {
@@ -453,7 +479,7 @@ mod tests {
         }
         let mut r = LineReader::new(64);
         let mut scratch = [0u8; 64];
-        let got = r.fill(&mut Broken, &mut scratch).map_err(|e| e.kind());
+        let got = r.fill(&mut Broken, &mut scratch, false).map_err(|e| e.kind());
         assert_eq!(got, Err(ErrorKind::ConnectionReset));
     }
 

@@ -39,3 +39,33 @@ pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, 
 pub fn flush() {
     log::logger().flush();
 }
+
+/// Message bytes for a log line: as text when they are printable UTF-8 (the common case,
+/// written in one piece), escaped otherwise, so a log line stays one line whatever a
+/// client sends.
+pub struct Shown<'a>(pub &'a [u8]);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::str::from_utf8(self.0) {
+            Ok(s) if !s.bytes().any(|b| b < 0x20 || b == 0x7f) => f.write_str(s),
+            _ => write!(f, "{}", self.0.escape_ascii()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shown;
+
+    #[test]
+    fn printable_text_is_kept_and_the_rest_escaped() {
+        assert_eq!(
+            Shown(b"IAMAT k\xc3\xa9 +1+1 5").to_string(),
+            "IAMAT k\u{e9} +1+1 5"
+        );
+        assert_eq!(Shown(b"a\x0bb\r").to_string(), "a\\x0bb\\r");
+        assert_eq!(Shown(b"\xff x").to_string(), "\\xff x");
+        assert_eq!(Shown(b"del\x7f").to_string(), "del\\x7f");
+    }
+}

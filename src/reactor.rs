@@ -30,6 +30,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::lines::{Fill, Line, LineReader, WriteQueue};
+use crate::logging::Shown;
 use crate::peers::{self, Link, Neighbour};
 use crate::places::{self, Pool, Submit};
 use crate::protocol::{self, Parsed, Request, Timestamp};
@@ -114,6 +115,8 @@ struct Core {
     table: Table,
     pool: Pool<Tag>,
     neighbours: Vec<Neighbour>,
+    /// Reused for each AT reply, so an IAMAT costs no allocation.
+    reply: Vec<u8>,
     /// HELLOs accepted during this pass's turns: (connection, neighbour). Acting on them
     /// touches other connections, so it happens after the turn.
     hellos: Vec<(usize, usize)>,
@@ -143,6 +146,10 @@ struct Conn {
 
 struct Session {
     addr: SocketAddr,
+    /// `addr` as text, formatted once for the log lines of every message.
+    peer: Box<str>,
+    /// The peer closed or failed (per the event): read on until EOF or the error.
+    peer_closed: bool,
     generation: u32,
     role: Role,
     output: WriteQueue,
@@ -319,6 +326,7 @@ impl Reactor {
                 table: Table::default(),
                 pool,
                 neighbours,
+                reply: Vec::new(),
                 hellos: Vec::new(),
             },
             ready: VecDeque::new(),
@@ -484,6 +492,8 @@ impl Reactor {
             input: LineReader::new(max_line),
             s: Session {
                 addr,
+                peer: addr.to_string().into(),
+                peer_closed: false,
                 generation,
                 role,
                 output: WriteQueue::default(),
@@ -601,6 +611,7 @@ impl Reactor {
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             conn.s.can_read = true;
+            conn.s.peer_closed |= event.is_read_closed() || event.is_error();
             self.schedule(token);
         }
         if event.is_writable() || event.is_write_closed() {
@@ -730,8 +741,8 @@ impl Reactor {
             if let Some(at_line) = s.replies.complete(tag.seq, &json, &mut s.output) {
                 info!(
                     "{} sent: {} (+{} bytes of JSON)",
-                    s.addr,
-                    at_line.escape_ascii(),
+                    s.peer,
+                    Shown(&at_line),
                     json.len()
                 );
             }
@@ -824,7 +835,7 @@ fn serve(core: &mut Core, conn: &mut Conn, token: usize, scratch: &mut [u8]) -> 
         if !s.can_read {
             return Ok(turn);
         }
-        match conn.input.fill(&mut conn.stream, scratch)? {
+        match conn.input.fill(&mut conn.stream, scratch, s.peer_closed)? {
             Fill::WouldBlock => s.can_read = false,
             Fill::Eof => s.eof = true,
             Fill::Full => {}
@@ -844,51 +855,52 @@ fn on_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
             warn!(
                 "link to {}: neighbour says: {}",
                 core.neighbours[n].name,
-                l.escape_ascii()
+                Shown(l)
             );
         }
     }
 }
 
-/// Answers one client message (SPEC §2).
+/// Answers one client message (SPEC §2). Each message gets one log line naming what was
+/// received and what was sent, so a busy server writes one record per request.
 fn client_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
-    let addr = s.addr;
     let line = match line {
         Line::Complete(line) => line,
         Line::Overlong(head) => {
-            info!("{addr} recv: over-long line starting {}", head.escape_ascii());
-            let mut reply = Vec::with_capacity(head.len() + 3);
+            info!("{} recv: over-long line | sent: ? {}", s.peer, Shown(head));
+            let mut reply = std::mem::take(&mut core.reply);
+            reply.clear();
             protocol::write_overlong(head, &mut reply);
             s.replies.push(&mut s.output, &reply);
+            core.reply = reply;
             return;
         }
     };
     let request = match protocol::parse_client_line(line) {
         Parsed::Blank => return,
-        Parsed::Invalid => {
-            info!("{addr} recv: {}", line.escape_ascii());
-            invalid(s, line);
-            return;
-        }
+        Parsed::Invalid => return invalid(core, s, line),
         Parsed::Request(r) => r,
     };
-    info!("{addr} recv: {}", line.escape_ascii());
     match request {
         Request::Iamat(req) => {
             let now = Timestamp::from_system_time(SystemTime::now());
-            let mut reply = Vec::with_capacity(line.len() + 48);
+            let mut reply = std::mem::take(&mut core.reply);
+            reply.clear();
             protocol::write_at_line(&core.name, now, &req, &mut reply);
-            if core.table.offer(req.client, req.time, &reply, req.location) {
-                flood(core, &reply, None);
-            }
-            info!("{addr} sent: {}", reply.escape_ascii());
+            let forwarded = if core.table.offer(req.client, req.time, &reply, req.location) {
+                flood(&mut core.neighbours, &reply, None)
+            } else {
+                0
+            };
+            let to = Names(&core.neighbours, forwarded);
+            info!("{} recv: {} | sent: {}{to}", s.peer, Shown(line), Shown(&reply));
             reply.push(b'\n');
             s.replies.push(&mut s.output, &reply);
+            core.reply = reply;
         }
         Request::Whatsat(req) => {
             let Some(record) = core.table.get(req.client) else {
-                invalid(s, line);
-                return;
+                return invalid(core, s, line);
             };
             let query = places::Query {
                 lat: record.location.lat,
@@ -907,13 +919,16 @@ fn client_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
                     let mut reply = Vec::with_capacity(at_line.len() + json.len() + 3);
                     write_whatsat_reply(&at_line, &json, &mut reply);
                     info!(
-                        "{addr} sent: {} (+{} bytes of JSON)",
-                        at_line.escape_ascii(),
+                        "{} recv: {} | sent: {} (+{} bytes of JSON)",
+                        s.peer,
+                        Shown(line),
+                        Shown(&at_line),
                         json.len()
                     );
                     s.replies.push(&mut s.output, &reply);
                 }
                 Submit::Queued => {
+                    info!("{} recv: {} | waiting on Places", s.peer, Shown(line));
                     s.replies.wait(at_line);
                 }
             }
@@ -921,11 +936,13 @@ fn client_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
     }
 }
 
-fn invalid(s: &mut Session, line: &[u8]) {
-    let mut reply = Vec::with_capacity(line.len() + 3);
+fn invalid(core: &mut Core, s: &mut Session, line: &[u8]) {
+    info!("{} recv: {} | sent: ? {}", s.peer, Shown(line), Shown(line));
+    let mut reply = std::mem::take(&mut core.reply);
+    reply.clear();
     protocol::write_invalid(line, &mut reply);
-    info!("{} sent: ? {}", s.addr, line.escape_ascii());
     s.replies.push(&mut s.output, &reply);
+    core.reply = reply;
 }
 
 /// The first line on the peer port must be `HELLO <neighbour>`; anything else is refused
@@ -938,12 +955,12 @@ fn hello_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
     match neighbour {
         Some(n) => {
             s.role = Role::PeerIn { from: Some(n) };
-            info!("link from {} ({}): up (HELLO)", core.neighbours[n].name, s.addr);
+            info!("link from {} ({}): up (HELLO)", core.neighbours[n].name, s.peer);
             core.hellos.push((token, n));
         }
         None => {
             let (Line::Complete(l) | Line::Overlong(l)) = line;
-            info!("{} (peer port) refused: {}", s.addr, l.escape_ascii());
+            info!("{} (peer port) refused: {}", s.peer, Shown(l));
             let mut reply = Vec::with_capacity(l.len() + 3);
             protocol::write_invalid(l, &mut reply);
             s.output.push(&reply);
@@ -963,28 +980,48 @@ fn record_line(core: &mut Core, n: usize, line: Line<'_>) {
         return;
     }
     let Some(rec) = protocol::parse_at_record(line) else {
-        warn!("record from {from} skipped: malformed: {}", line.escape_ascii());
+        warn!("record from {from} skipped: malformed: {}", Shown(line));
         return;
     };
     if !core.table.offer(rec.client, rec.time, line, rec.location) {
-        info!("record from {from} (not newer, dropped): {}", line.escape_ascii());
+        info!("record from {from} (not newer, dropped): {}", Shown(line));
         return;
     }
-    info!("record from {from} (new): {}", line.escape_ascii());
-    flood(core, line, Some(n));
+    let forwarded = flood(&mut core.neighbours, line, Some(n));
+    let to = Names(&core.neighbours, forwarded);
+    info!(
+        "record from {} (new): {}{to}",
+        core.neighbours[n].name,
+        Shown(line)
+    );
 }
 
-/// Queues a winning record for every neighbour except the one it came from.
-fn flood(core: &mut Core, line: &[u8], except: Option<usize>) {
-    let mut to = Vec::new();
-    for (i, nb) in core.neighbours.iter_mut().enumerate() {
+/// Queues a winning record for every neighbour except the one it came from; returns the
+/// set of neighbours it went to (bit i for neighbour i), for the log.
+fn flood(neighbours: &mut [Neighbour], line: &[u8], except: Option<usize>) -> u64 {
+    let mut to = 0u64;
+    for (i, nb) in neighbours.iter_mut().enumerate() {
         if Some(i) != except && nb.up_token().is_some() {
             nb.queue(line);
-            to.push(nb.name.as_str());
+            to |= 1u64.checked_shl(i as u32).unwrap_or(0);
         }
     }
-    if !to.is_empty() {
-        info!("forwarded to {}: {}", to.join(", "), line.escape_ascii());
+    to
+}
+
+/// " | forwarded to A, B" for a set of neighbours, or nothing for an empty set.
+struct Names<'a>(&'a [Neighbour], u64);
+
+impl std::fmt::Display for Names<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = " | forwarded to ";
+        for (i, nb) in self.0.iter().enumerate() {
+            if self.1 & 1u64.checked_shl(i as u32).unwrap_or(0) != 0 {
+                write!(f, "{sep}{}", nb.name)?;
+                sep = ", ";
+            }
+        }
+        Ok(())
     }
 }
 

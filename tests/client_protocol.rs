@@ -428,12 +428,15 @@ fn log_records_messages_replies_and_peer_addresses_in_utc() {
         log.contains("nonsense").then_some(log)
     })
     .expect("log written");
+    // One line per message: what was received and what was sent.
     assert!(
-        log.contains(&format!("{local} recv: IAMAT logged +1+2 5")),
+        log.contains(&format!("{local} recv: IAMAT logged +1+2 5 | sent: AT Alpha ")),
         "{log}"
     );
-    assert!(log.contains(&format!("{local} sent: AT Alpha ")), "{log}");
-    assert!(log.contains(&format!("{local} sent: ? nonsense")), "{log}");
+    assert!(
+        log.contains(&format!("{local} recv: nonsense | sent: ? nonsense\n")),
+        "{log}"
+    );
     assert!(log.contains("Alpha starting"), "{log}");
     // RFC 3339 in UTC: "...T..:..:..Z" (or an explicit +00:00 offset).
     let first = log.lines().next().unwrap_or_default();

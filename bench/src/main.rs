@@ -58,8 +58,15 @@ fn main() -> ExitCode {
     };
     match run(&a) {
         Ok(report) => {
-            print!("{report}");
-            ExitCode::SUCCESS
+            // A reader that went away (`loadgen | head`) is not worth a panic.
+            use std::io::Write;
+            match write!(std::io::stdout().lock(), "{report}") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("loadgen: cannot write the report: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Err(Failure::Usage(m)) => {
             eprintln!("loadgen: error: {m}");

@@ -93,7 +93,44 @@ impl<'a> Decimal<'a> {
 
 /// Validated ASCII number text to f64; only for values sent upstream, never for checks.
 fn text_to_f64(text: &[u8]) -> Option<f64> {
-    std::str::from_utf8(text).ok()?.parse().ok()
+    fast_f64(text).or_else(|| std::str::from_utf8(text).ok()?.parse().ok())
+}
+
+/// Powers of ten that f64 holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
+    1e19, 1e20, 1e21, 1e22,
+];
+
+/// Clinger's fast path for `[+-]D+(.D+)?`: with the digits as an integer below 2^53 and at
+/// most 22 fraction digits, one division of two exact values is correctly rounded. Every
+/// IAMAT carries two coordinates, and std's general parser cost a visible share of the
+/// request; anything outside the fast path returns None and goes to that parser.
+fn fast_f64(text: &[u8]) -> Option<f64> {
+    let (negative, digits) = match text.split_first()? {
+        (b'-', rest) => (true, rest),
+        (b'+', rest) => (false, rest),
+        _ => (false, text),
+    };
+    let mut mantissa: u64 = 0;
+    let mut fraction: Option<usize> = None;
+    for &b in digits {
+        match b {
+            b'0'..=b'9' => {
+                mantissa = mantissa.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+                if let Some(f) = fraction.as_mut() {
+                    *f += 1;
+                }
+            }
+            b'.' if fraction.is_none() => fraction = Some(0),
+            _ => return None,
+        }
+    }
+    if mantissa > 1 << 53 {
+        return None;
+    }
+    let value = mantissa as f64 / POW10.get(fraction.unwrap_or(0))?;
+    Some(if negative { -value } else { value })
 }
 
 /// POSIX time, truncated to nanoseconds. Ord = chronological.
@@ -912,5 +949,57 @@ mod tests {
             hello_empty(b"", None);
             hello_record(RECORD, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod fast_f64_tests {
+    use super::{fast_f64, text_to_f64};
+
+    #[test]
+    fn fast_path_agrees_with_std_bit_for_bit() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut checked = 0;
+        for _ in 0..200_000 {
+            let int = next() % 181;
+            let frac_digits = (next() % 16) as usize;
+            let frac = next() % 10u64.pow(frac_digits as u32).max(1);
+            let sign = if next() % 2 == 0 { "+" } else { "-" };
+            let text = if frac_digits == 0 {
+                format!("{sign}{int}")
+            } else {
+                format!("{sign}{int}.{frac:0frac_digits$}")
+            };
+            let std: f64 = text.parse().unwrap_or(f64::NAN);
+            if let Some(fast) = fast_f64(text.as_bytes()) {
+                assert_eq!(fast.to_bits(), std.to_bits(), "{text}");
+                checked += 1;
+            }
+            assert_eq!(
+                text_to_f64(text.as_bytes()).map(f64::to_bits),
+                Some(std.to_bits()),
+                "{text}"
+            );
+        }
+        assert!(
+            checked > 150_000,
+            "the fast path should cover typical coordinates: {checked}"
+        );
+    }
+
+    #[test]
+    fn outside_the_fast_path_falls_back() {
+        assert_eq!(fast_f64(b"1.00000000000000000000001"), None);
+        assert_eq!(fast_f64(b"12345678901234567890"), None);
+        assert_eq!(text_to_f64(b"12345678901234567890"), Some(12345678901234567890.0));
+        assert_eq!(fast_f64(b"1.2.3"), None);
+        assert_eq!(fast_f64(b""), None);
+        assert_eq!(fast_f64(b"-0"), Some(-0.0));
     }
 }

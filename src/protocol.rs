@@ -183,6 +183,7 @@ impl Timestamp {
             .unwrap_or(Timestamp { secs: 0, nanos: 0 })
     }
 
+    #[cfg(test)]
     pub fn as_nanos(self) -> i128 {
         i128::from(self.secs) * i128::from(NANOS_PER_SEC) + i128::from(self.nanos)
     }
@@ -363,12 +364,46 @@ pub fn write_overlong(prefix: &[u8], out: &mut Vec<u8>) {
 /// Appends `now - client_time` as a signed decimal with exactly 9 fraction digits, computed
 /// in integer nanoseconds so that no digit is lost to floating point.
 pub fn write_diff(now: Timestamp, client_time: Timestamp, out: &mut Vec<u8>) {
-    let diff = now.as_nanos() - client_time.as_nanos();
-    let sign = if diff < 0 { '-' } else { '+' };
-    let magnitude = diff.unsigned_abs();
-    let per_sec = u128::from(NANOS_PER_SEC);
-    let text = format!("{sign}{}.{:09}", magnitude / per_sec, magnitude % per_sec);
-    out.extend_from_slice(text.as_bytes());
+    // Subtract the smaller from the larger as (seconds, nanoseconds) with a borrow: exact,
+    // and without the 128-bit division or the `format!` this runs for every IAMAT.
+    let (sign, big, small) = if now >= client_time {
+        (b'+', now, client_time)
+    } else {
+        (b'-', client_time, now)
+    };
+    let (secs, nanos) = if big.nanos >= small.nanos {
+        (big.secs - small.secs, big.nanos - small.nanos)
+    } else {
+        (
+            big.secs - small.secs - 1,
+            big.nanos + NANOS_PER_SEC as u32 - small.nanos,
+        )
+    };
+    out.push(sign);
+    write_u64(secs, out);
+    out.push(b'.');
+    let mut frac = [b'0'; KEPT_FRACTION_DIGITS];
+    let mut n = nanos;
+    for d in frac.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&frac);
+}
+
+/// Decimal digits of `n`, no padding.
+fn write_u64(mut n: u64, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Appends "AT <server> <diff> <client> <raw_location> <raw_time>" without a newline, so the
@@ -1001,5 +1036,84 @@ mod fast_f64_tests {
         assert_eq!(fast_f64(b"1.2.3"), None);
         assert_eq!(fast_f64(b""), None);
         assert_eq!(fast_f64(b"-0"), Some(-0.0));
+    }
+}
+
+#[cfg(test)]
+mod diff_tests {
+    use super::{Timestamp, write_diff};
+
+    /// The straightforward formula the fast version replaced.
+    fn reference(now: Timestamp, t: Timestamp) -> String {
+        let d = now.as_nanos() - t.as_nanos();
+        let m = d.unsigned_abs();
+        format!(
+            "{}{}.{:09}",
+            if d < 0 { '-' } else { '+' },
+            m / 1_000_000_000,
+            m % 1_000_000_000
+        )
+    }
+
+    #[test]
+    fn agrees_with_the_i128_formula_including_borrows_and_extremes() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cases = vec![
+            (Timestamp { secs: 0, nanos: 0 }, Timestamp { secs: 0, nanos: 0 }),
+            (
+                Timestamp { secs: 5, nanos: 0 },
+                Timestamp {
+                    secs: 4,
+                    nanos: 999_999_999,
+                },
+            ),
+            (
+                Timestamp {
+                    secs: 4,
+                    nanos: 999_999_999,
+                },
+                Timestamp { secs: 5, nanos: 0 },
+            ),
+            (
+                Timestamp {
+                    secs: u64::MAX,
+                    nanos: 999_999_999,
+                },
+                Timestamp { secs: 0, nanos: 0 },
+            ),
+            (
+                Timestamp { secs: 0, nanos: 0 },
+                Timestamp {
+                    secs: u64::MAX,
+                    nanos: 999_999_999,
+                },
+            ),
+        ];
+        for _ in 0..100_000 {
+            let a = Timestamp {
+                secs: next() % 2_000_000_000_000,
+                nanos: (next() % 1_000_000_000) as u32,
+            };
+            let b = Timestamp {
+                secs: next() % 2_000_000_000_000,
+                nanos: (next() % 1_000_000_000) as u32,
+            };
+            cases.push((a, b));
+        }
+        for (now, t) in cases {
+            let mut out = Vec::new();
+            write_diff(now, t, &mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                reference(now, t),
+                "{now:?} - {t:?}"
+            );
+        }
     }
 }

@@ -36,20 +36,27 @@ impl Table {
     /// Stores the record if it beats the one held for `client`; true if it was stored.
     /// Allocates only for a winner, since most offers in a flood are duplicates.
     pub fn offer(&mut self, client: &[u8], time: Timestamp, line: &[u8], location: Location) -> bool {
-        let record = || Record {
-            time,
-            line: line.into(),
-            location,
-        };
         match self.records.get_mut(client) {
             Some(held) => {
                 if (time, line) <= (held.time, &held.line[..]) {
                     return false;
                 }
-                *held = record();
+                held.time = time;
+                held.location = location;
+                // A client's AT lines mostly keep their length: reuse the allocation.
+                if held.line.len() == line.len() {
+                    held.line.copy_from_slice(line);
+                } else {
+                    held.line = line.into();
+                }
             }
             None => {
-                self.records.insert(client.into(), record());
+                let record = Record {
+                    time,
+                    line: line.into(),
+                    location,
+                };
+                self.records.insert(client.into(), record);
             }
         }
         true
@@ -127,6 +134,17 @@ mod tests {
             "AT A +0.1 kiwi +1+2 10.1234567899"
         ));
         assert!(offer(&mut t, "10.123456789", "AT C +0.1 kiwi +1+2 10.123456789"));
+    }
+
+    #[test]
+    fn a_winner_of_a_different_length_replaces_the_whole_line() {
+        let mut t = Table::default();
+        offer(&mut t, "10", "AT A +0.1 kiwi +1+2 10");
+        assert!(offer(&mut t, "11", "AT Bona +12.5 kiwi +1.5+2 11"));
+        assert_eq!(held(&t), "AT Bona +12.5 kiwi +1.5+2 11");
+        assert!(offer(&mut t, "12", "AT B +1 kiwi +1+2 12"));
+        assert_eq!(held(&t), "AT B +1 kiwi +1+2 12");
+        assert_eq!(t.get(b"kiwi").map(|r| r.time), Some(ts("12")));
     }
 
     #[test]

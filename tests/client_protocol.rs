@@ -405,7 +405,10 @@ fn client_that_never_reads_is_paused_with_bounded_memory_and_others_are_served()
     let mut buf = vec![0u8; 1 << 16];
     let mut newline_count = 0usize;
     while newline_count < total_lines {
-        let n = hog.reader.read(&mut buf).expect("read replies");
+        let n = hog
+            .reader
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("reading replies failed after {newline_count} of {total_lines}: {e}"));
         assert!(n > 0, "closed after {newline_count} replies");
         newline_count += buf[..n].iter().filter(|&&b| b == b'\n').count();
         got += n;

@@ -2,19 +2,22 @@
 # Starts the herd, or the named servers, in the background.
 #   ./run.sh [NAME...]
 # Environment: HERD_CONFIG (default: herd.yml beside this script), HERD_RUN_DIR (PID
-# files; default: run/ beside this script), GOOGLE_PLACES_API_KEY (optional).
+# files; default: run/ beside this script), GOOGLE_PLACES_API_KEY (optional), HERD_BIN
+# (a herd binary to use as is, instead of building target/release/herd).
 # Builds the release binary first if it is missing or older than the sources, waits until
 # each server accepts connections, and refuses to start a server that is already running.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 config=${HERD_CONFIG:-$here/herd.yml}
 run_dir=${HERD_RUN_DIR:-$here/run}
-bin=$here/target/release/herd
+bin=${HERD_BIN:-$here/target/release/herd}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
 
 [ -f "$config" ] || die "no config at $config"
-if [ ! -x "$bin" ] || [ -n "$(find "$here/src" "$here/Cargo.toml" "$here/Cargo.lock" -newer "$bin" 2>/dev/null | head -n 1)" ]; then
+if [ -n "${HERD_BIN:-}" ]; then
+  [ -x "$bin" ] || die "HERD_BIN=$bin is not an executable"
+elif [ ! -x "$bin" ] || [ -n "$(find "$here/src" "$here/Cargo.toml" "$here/Cargo.lock" -newer "$bin" 2>/dev/null | head -n 1)" ]; then
   command -v cargo >/dev/null || die "cargo is not installed (see https://rustup.rs)"
   echo "building herd (release)..."
   (cd "$here" && cargo build --release --quiet --bin herd) || die "build failed"

@@ -987,19 +987,24 @@ mod tests {
     }
 }
 
+/// A seeded xorshift64 for the randomised comparisons below.
+#[cfg(test)]
+fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 #[cfg(test)]
 mod fast_f64_tests {
-    use super::{fast_f64, text_to_f64};
+    use super::{fast_f64, text_to_f64, xorshift};
 
     #[test]
     fn fast_path_agrees_with_std_bit_for_bit() {
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut checked = 0;
         for _ in 0..200_000 {
             let int = next() % 181;
@@ -1041,7 +1046,7 @@ mod fast_f64_tests {
 
 #[cfg(test)]
 mod diff_tests {
-    use super::{Timestamp, write_diff};
+    use super::{Timestamp, write_diff, xorshift};
 
     /// The straightforward formula the fast version replaced.
     fn reference(now: Timestamp, t: Timestamp) -> String {
@@ -1057,13 +1062,7 @@ mod diff_tests {
 
     #[test]
     fn agrees_with_the_i128_formula_including_borrows_and_extremes() {
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut cases = vec![
             (Timestamp { secs: 0, nanos: 0 }, Timestamp { secs: 0, nanos: 0 }),
             (

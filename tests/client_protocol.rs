@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -293,9 +293,15 @@ fn half_close_with_invalid_final_line_and_empty_input() {
 
 #[test]
 fn server_sends_nothing_unprompted() {
-    let h = Herd::single("");
+    let mut h = Herd::single("");
     let mut c = h.client("Alpha");
-    assert!(c.silent_for(Duration::from_millis(300)), "no banner, no prompt");
+    if let Some(heard) = c.heard_within(Duration::from_millis(300)) {
+        let state = h.server("Alpha").state();
+        panic!(
+            "no banner, no prompt; heard {heard}; server {state}; log:\n{}",
+            h.log("Alpha")
+        );
+    }
 }
 
 #[test]
@@ -368,7 +374,7 @@ fn line_of_exactly_max_line_is_fine_and_one_more_byte_is_overlong() {
 
 #[test]
 fn client_that_never_reads_is_paused_with_bounded_memory_and_others_are_served() {
-    let h = Herd::single("log: { dir: logs, level: warn }\n");
+    let mut h = Herd::single("log: { dir: logs, level: warn }\n");
     let rss_before = h.servers[0].rss_kib();
     let mut hog = Client::connect_small_rcvbuf(h.port("Alpha"));
     let line = format!("IAMAT hog +34.068930-118.445127 {}\n", now_text());
@@ -405,10 +411,12 @@ fn client_that_never_reads_is_paused_with_bounded_memory_and_others_are_served()
     let mut buf = vec![0u8; 1 << 16];
     let mut newline_count = 0usize;
     while newline_count < total_lines {
-        let n = hog
-            .reader
-            .read(&mut buf)
-            .unwrap_or_else(|e| panic!("reading replies failed after {newline_count} of {total_lines}: {e}"));
+        let n = hog.read_some(&mut buf, DEADLINE).unwrap_or_else(|e| {
+            panic!(
+                "reading replies failed after {newline_count} of {total_lines}: {e}; server {}",
+                h.servers[0].state()
+            )
+        });
         assert!(n > 0, "closed after {newline_count} replies");
         newline_count += buf[..n].iter().filter(|&&b| b == b'\n').count();
         got += n;
@@ -555,7 +563,7 @@ fn a_pipelining_client_does_not_starve_others() {
         let mut buf = vec![0u8; 1 << 16];
         let mut lines = 0;
         while lines < total {
-            match hog.reader.read(&mut buf) {
+            match hog.read_some(&mut buf, DEADLINE) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => lines += buf[..n].iter().filter(|&&b| b == b'\n').count(),
             }

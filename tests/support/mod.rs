@@ -304,6 +304,22 @@ impl Server {
         }
     }
 
+    /// Whether the process is still running, or how it ended and what it said on stderr:
+    /// for failure messages.
+    pub fn state(&mut self) -> String {
+        match self.child.try_wait() {
+            Ok(None) => "still running".to_string(),
+            Ok(Some(status)) => {
+                let mut err = String::new();
+                if let Some(e) = self.child.stderr.as_mut() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                format!("exited ({status}); stderr: {err:?}")
+            }
+            Err(e) => format!("unknown ({e})"),
+        }
+    }
+
     /// Sends a signal by PID (`kill -SIG pid`).
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
@@ -448,23 +464,44 @@ impl Client {
 
     /// True if the server closes the connection (EOF) before `within`, with no more data.
     pub fn closed_within(&mut self, within: Duration) -> bool {
-        self.stream.set_read_timeout(Some(within)).expect("timeout");
         let mut b = [0u8; 1];
-        let closed = matches!(self.reader.read(&mut b), Ok(0));
-        self.stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
-        closed
+        matches!(self.read_some(&mut b, within), Ok(0))
+    }
+
+    /// One `read` with a deadline. A read interrupted by a signal is retried: Linux may
+    /// fail a socket read that has a timeout with EINTR after the test process was stopped
+    /// and continued, even with no signal handler installed.
+    pub fn read_some(&mut self, buf: &mut [u8], within: Duration) -> std::io::Result<usize> {
+        let deadline = Instant::now() + within;
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Err(ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.reader.read(buf) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                other => break other,
+            }
+        };
+        self.stream.set_read_timeout(Some(DEADLINE))?;
+        result
     }
 
     /// True if nothing arrives within `quiet`.
     pub fn silent_for(&mut self, quiet: Duration) -> bool {
-        self.stream.set_read_timeout(Some(quiet)).expect("timeout");
-        let mut b = [0u8; 1];
-        let silent = match self.reader.read(&mut b) {
-            Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-            Ok(_) => false,
-        };
-        self.stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
-        silent
+        self.heard_within(quiet).is_none()
+    }
+
+    /// What arrived within `quiet`, if anything: bytes, EOF or an error (for messages).
+    pub fn heard_within(&mut self, quiet: Duration) -> Option<String> {
+        let mut b = [0u8; 64];
+        match self.read_some(&mut b, quiet) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) => Some(format!("error: {e}")),
+            Ok(0) => Some("EOF".to_string()),
+            Ok(n) => Some(format!("bytes: {:?}", String::from_utf8_lossy(&b[..n]))),
+        }
     }
 }
 

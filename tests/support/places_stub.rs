@@ -299,6 +299,17 @@ fn pause(shared: &Shared, d: Duration) {
     }
 }
 
+/// `read`, retried when a signal interrupts it (as a socket read can fail with EINTR after
+/// the process was stopped and continued).
+fn read_retrying(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 /// Reads one request; `Ok(None)` on a clean end of stream between requests.
 fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<Request>> {
     let head_end = loop {
@@ -309,7 +320,7 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<
             return Err(io::Error::new(io::ErrorKind::InvalidData, "head too long"));
         }
         let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk)?;
+        let n = read_retrying(stream, &mut chunk)?;
         if n == 0 {
             return if buf.is_empty() {
                 Ok(None)
@@ -337,7 +348,7 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<
     let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     while buf.len() < len {
         let mut chunk = [0u8; 4096];
-        let n = stream.read(&mut chunk)?;
+        let n = read_retrying(stream, &mut chunk)?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }

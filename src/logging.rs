@@ -9,6 +9,7 @@
 //! every record, which profiled at a sixth of the server's CPU under load, since SPEC §4
 //! has a log line for every message.
 
+use std::cell::Cell;
 use std::fs::{self, OpenOptions};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -86,27 +87,49 @@ impl<L: Log> Log for Stamped<L> {
 /// A time since the epoch shown as RFC 3339 in UTC with nanoseconds.
 struct Utc(std::time::Duration);
 
+/// "YYYY-MM-DDTHH:MM:SS." for one second.
+type SecondText = [u8; 20];
+
+thread_local! {
+    /// The last second shown: a busy server logs many records per second, and the
+    /// calendar arithmetic need not run for each.
+    static LAST_SECOND: Cell<(u64, SecondText)> = const { Cell::new((u64::MAX, [0; 20])) };
+}
+
 impl std::fmt::Display for Utc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.0.as_secs();
-        let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
-        let s = secs % 86_400;
+        let (cached, mut second) = LAST_SECOND.get();
+        if cached != secs {
+            second = second_text(secs);
+            LAST_SECOND.set((secs, second));
+        }
         let mut b = *b"0000-00-00T00:00:00.000000000Z";
-        let mut put = |at: usize, width: usize, mut v: u64| {
-            for i in (at..at + width).rev() {
-                b[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(0, 4, y.clamp(0, 9999) as u64);
-        put(5, 2, u64::from(mo));
-        put(8, 2, u64::from(d));
-        put(11, 2, s / 3600);
-        put(14, 2, s / 60 % 60);
-        put(17, 2, s % 60);
-        put(20, 9, u64::from(self.0.subsec_nanos()));
+        b[..20].copy_from_slice(&second);
+        put_digits(&mut b[20..29], u64::from(self.0.subsec_nanos()));
         // Only ASCII digits and punctuation were written.
         f.write_str(std::str::from_utf8(&b).unwrap_or("????-??-??T??:??:??.?????????Z"))
+    }
+}
+
+fn second_text(secs: u64) -> SecondText {
+    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    let mut b = *b"0000-00-00T00:00:00.";
+    put_digits(&mut b[0..4], y.clamp(0, 9999) as u64);
+    put_digits(&mut b[5..7], u64::from(mo));
+    put_digits(&mut b[8..10], u64::from(d));
+    put_digits(&mut b[11..13], s / 3600);
+    put_digits(&mut b[14..16], s / 60 % 60);
+    put_digits(&mut b[17..19], s % 60);
+    b
+}
+
+/// `v` in decimal, zero-padded to fill `out` (higher digits dropped).
+fn put_digits(out: &mut [u8], mut v: u64) {
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
     }
 }
 
@@ -157,6 +180,11 @@ mod tests {
         assert_eq!(at(951_782_400, 1), "2000-02-29T00:00:00.000000001Z");
         assert_eq!(at(4_107_542_399, 999_999_999), "2100-02-28T23:59:59.999999999Z");
         assert_eq!(at(1_795_478_400, 0), "2026-11-24T00:00:00.000000000Z");
+        // The cached second is replaced when the second changes, in either direction.
+        assert_eq!(at(1_795_478_400, 5), "2026-11-24T00:00:00.000000005Z");
+        assert_eq!(at(1_795_478_401, 5), "2026-11-24T00:00:01.000000005Z");
+        assert_eq!(at(1_795_478_399, 5), "2026-11-23T23:59:59.000000005Z");
+        assert_eq!(at(1_795_478_401, 5), "2026-11-24T00:00:01.000000005Z");
     }
 
     #[test]

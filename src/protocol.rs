@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// SPEC §2: "at most 12 integer digits" in a client time.
 const MAX_TIME_INT_DIGITS: usize = 12;
+const _: () = assert!(10u64.checked_pow(MAX_TIME_INT_DIGITS as u32).is_some());
 /// Fraction digits a timestamp keeps; the rest are truncated.
 const KEPT_FRACTION_DIGITS: usize = 9;
 const MAX_LATITUDE: u64 = 90;
@@ -149,17 +150,16 @@ impl Timestamp {
         if dec.int.len() > MAX_TIME_INT_DIGITS {
             return None;
         }
-        let secs = dec.int.iter().try_fold(0u64, |acc, &b| {
-            acc.checked_mul(10)?.checked_add(u64::from(digit(b)?))
-        })?;
-        let nanos = dec
-            .frac
+        // `Decimal` holds ASCII digits only, and 12 digits fit a u64 (9 a u32), so the
+        // arithmetic below cannot overflow.
+        let secs = dec
+            .int
             .iter()
-            .chain(std::iter::repeat(&b'0'))
-            .take(KEPT_FRACTION_DIGITS)
-            .try_fold(0u32, |acc, &b| {
-                acc.checked_mul(10)?.checked_add(u32::from(digit(b)?))
-            })?;
+            .fold(0u64, |acc, &b| acc * 10 + u64::from(b - b'0'));
+        let mut nanos = 0u32;
+        for i in 0..KEPT_FRACTION_DIGITS {
+            nanos = nanos * 10 + u32::from(dec.frac.get(i).map_or(0, |&b| b - b'0'));
+        }
         Some(Timestamp { secs, nanos })
     }
 
@@ -408,15 +408,19 @@ fn write_u64(mut n: u64, out: &mut Vec<u8>) {
 
 /// Appends "AT <server> <diff> <client> <raw_location> <raw_time>" without a newline, so the
 /// same bytes serve as the stored record, the reply line and the propagated line.
-pub fn write_at_line(server: &str, now: Timestamp, req: &Iamat<'_>, out: &mut Vec<u8>) {
+/// Returns where "AT <server> <diff>" ends in `out`: the rest repeats the request's fields,
+/// which the log need not show twice.
+pub fn write_at_line(server: &str, now: Timestamp, req: &Iamat<'_>, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(b"AT ");
     out.extend_from_slice(server.as_bytes());
     out.push(b' ');
     write_diff(now, req.time, out);
+    let head_end = out.len();
     for part in [req.client, req.raw_location, req.raw_time] {
         out.push(b' ');
         out.extend_from_slice(part);
     }
+    head_end
 }
 
 /// A record received from a neighbour.
@@ -497,6 +501,14 @@ mod tests {
             nul_is_not_space(0x00, false);
             nel_is_not_space(0x85, false);
             nbsp_is_not_space(0xA0, false);
+        }
+
+        #[test]
+        fn every_byte_against_the_spec_list() {
+            for b in 0..=u8::MAX {
+                let spec = matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r');
+                assert_eq!(is_space(b), spec, "byte {b:#04x}");
+            }
         }
 
         fn split(line: &[u8], expected: &[&[u8]]) {
@@ -842,9 +854,15 @@ mod tests {
                 panic!("not an IAMAT");
             };
             let mut out = b"old".to_vec();
-            write_at_line("Bailey", time_of(now), &req, &mut out);
+            let head_end = write_at_line("Bailey", time_of(now), &req, &mut out);
             assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(expected));
             assert_eq!(out, expected);
+            // The head is "AT Bailey <diff>": the diff is the third field.
+            let fields: Vec<&[u8]> = expected[3..].split(|&b| b == b' ').collect();
+            assert_eq!(
+                &out[..head_end],
+                [b"old".as_slice(), b"AT Bailey ", fields[2]].concat()
+            );
         }
 
         cases! { at_line:

@@ -432,16 +432,22 @@ fn log_records_messages_replies_and_peer_addresses_in_utc() {
     let h = Herd::single("");
     let mut c = h.client("Alpha");
     let local = c.stream.local_addr().expect("addr").to_string();
-    c.ask("IAMAT logged +1+2 5");
+    let reply = c.ask("IAMAT logged +1+2 5");
     c.ask("nonsense");
     let log = eventually(DEADLINE, || {
         let log = h.log("Alpha");
         log.contains("nonsense").then_some(log)
     })
     .expect("log written");
-    // One line per message: what was received and what was sent.
+    // One line per message: what was received and what was sent. The reply's tail repeats
+    // the request's fields, so the log shows "AT Alpha <diff> ...".
+    let head: Vec<&str> = reply.split(' ').take(3).collect();
+    assert_eq!(reply, format!("{} logged +1+2 5\n", head.join(" ")));
     assert!(
-        log.contains(&format!("{local} recv: IAMAT logged +1+2 5 | sent: AT Alpha ")),
+        log.contains(&format!(
+            "{local} recv: IAMAT logged +1+2 5 | sent: {} ...\n",
+            head.join(" ")
+        )),
         "{log}"
     );
     assert!(

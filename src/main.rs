@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod legacy_json;
 mod lines;
+mod log_file;
 mod logging;
 mod peers;
 mod places;

@@ -3,7 +3,7 @@
 # same load generator, on this machine, and writes BENCHMARKS.md (every figure also as a
 # ratio to the reference) and bench/latency.svg.
 #
-#   bench/run.sh                 # ~5 minutes
+#   bench/run.sh                 # ~7 minutes
 #   BENCH_DURATION=5s bench/run.sh
 #
 # Everything listens on 127.0.0.1 at free ports; every process started here is killed by
@@ -123,7 +123,7 @@ solo=(--addr "127.0.0.1:$(port_of "$out/one.yml" Solo)")
 quiet=(--addr "127.0.0.1:$(port_of "$out/quiet.yml" Quiet)")
 # The host's load drifts; interleaving the reference and herd in rounds, and taking each
 # round's ratio, keeps a slow minute from favouring either side.
-for round in 1 2 3; do
+for round in 1 2 3 4 5; do
   for d in 1 16; do
     step "(a, b) round $round, pipeline $d: Redis PING, herd IAMAT, herd IAMAT with log.level warn"
     lg "${redis[@]}" -c 50 -d "$d" >"$out/redis_p${d}_r$round.json"

@@ -167,6 +167,84 @@ mod tests {
         );
     }
 
+    /// Bytes of `file` in the page cache, by mincore(2) over a read-only mapping.
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    fn resident(file: &std::fs::File, len: usize) -> usize {
+        use std::os::fd::AsRawFd;
+        let page = 4096;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: a fresh shared read-only mapping of `len` bytes of an open file, only
+        // passed to mincore (never read through) and unmapped before returning; `vec`
+        // has one byte per page as mincore requires.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(addr, libc::MAP_FAILED, "mmap");
+            let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+            libc::munmap(addr, len);
+            assert_eq!(rc, 0, "mincore");
+        }
+        vec.iter().filter(|&&b| b & 1 == 1).count() * page
+    }
+
+    /// The two calls do what the module relies on: `WriteBack` starts writeback on its
+    /// own, so that once that I/O is done (waited for here; the server just gives it a
+    /// chunk's time), one `Drop` evicts every page. Without the first, the pages would
+    /// still be dirty (Drop only starts writing them); without the second, all cached.
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    #[test]
+    fn written_back_pages_are_dropped() {
+        use super::apply;
+        use std::os::fd::AsRawFd;
+        // Next to the test binary rather than in /tmp, which may be tmpfs (no page cache
+        // to drop from).
+        let exe = std::env::current_exe().expect("test binary path");
+        let dir = exe.parent().expect("test binary directory");
+        let path = dir.join(format!("herd-log-file-drop-{}.log", std::process::id()));
+        // Readable too: mmap needs it.
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("create");
+        let len = 1 << 20;
+        file.write_all(&vec![b'x'; len]).expect("write");
+        let cached = resident(&file, len);
+        let chunk = len as u64;
+        apply(
+            &file,
+            Advice::WriteBack {
+                offset: 0,
+                len: chunk,
+            },
+        );
+        // SAFETY: an open descriptor, no pointers. WAIT_BEFORE waits for writeback in
+        // progress and starts none.
+        let rc = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, len as i64, libc::SYNC_FILE_RANGE_WAIT_BEFORE)
+        };
+        apply(
+            &file,
+            Advice::Drop {
+                offset: 0,
+                len: chunk,
+            },
+        );
+        let left = resident(&file, len);
+        std::fs::remove_file(&path).ok();
+        assert_eq!(rc, 0, "sync_file_range(WAIT_BEFORE)");
+        assert_eq!(cached, len, "freshly written pages are cached");
+        assert_eq!(left, 0, "bytes still cached after writeback and drop");
+    }
+
     #[test]
     fn writes_append_every_byte_after_what_the_file_held() {
         let path = std::env::temp_dir().join(format!("herd-log-file-{}.log", std::process::id()));

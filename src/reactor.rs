@@ -886,17 +886,14 @@ fn client_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
             let now = Timestamp::from_system_time(SystemTime::now());
             let mut reply = std::mem::take(&mut core.reply);
             reply.clear();
-            let head_end = protocol::write_at_line(&core.name, now, &req, &mut reply);
+            protocol::write_at_line(&core.name, now, &req, &mut reply);
             let forwarded = if core.table.offer(req.client, req.time, &reply, req.location) {
                 flood(&mut core.neighbours, &reply, None)
             } else {
                 0
             };
             let to = Names(&core.neighbours, forwarded);
-            // The reply's tail repeats the request's fields: "..." stands for them, which
-            // keeps the line (written for every request) a third shorter.
-            let head = Shown(&reply[..head_end]);
-            info!("{} recv: {} | sent: {head} ...{to}", s.peer, Shown(line));
+            info!("{} recv: {} | sent: {}{to}", s.peer, Shown(line), Shown(&reply));
             reply.push(b'\n');
             s.replies.push(&mut s.output, &reply);
             core.reply = reply;

@@ -110,7 +110,7 @@ def main():
                ("herd ×5, flooding", spectrum(herd5))], svg_path)
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                                 cwd=os.path.dirname(md_path) or ".").stdout.strip()
     except OSError:
         commit = "?"

@@ -13,13 +13,12 @@ use std::cell::Cell;
 use std::fs::{self, OpenOptions};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
-
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Log, Metadata, Record};
+use simplelog::{ConfigBuilder, SharedLogger, WriteLogger};
 
 use crate::log_file::LogFile;
-use simplelog::{ConfigBuilder, SharedLogger, WriteLogger};
 
 const LOG_BUFFER: usize = 256 * 1024;
 
@@ -44,7 +43,8 @@ pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, 
         // trace level, and library chatter does not belong in the server's log anyway.
         .add_filter_allow_str("herd")
         .build();
-    let file = LogFile::new(file).map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+    let file =
+        LogFile::new(file).map_err(|e| format!("cannot read log file size {}: {e}", path.display()))?;
     let writer = BufWriter::with_capacity(LOG_BUFFER, file);
     let inner = WriteLogger::new(level, config, writer);
     log::set_max_level(inner.level());

@@ -201,6 +201,21 @@ pub struct Location {
 impl Location {
     /// `[+-]D+(.D+)?[+-]D+(.D+)?` with |lat| <= 90 and |lng| <= 180, checked on the text.
     pub fn parse(s: &[u8]) -> Option<Location> {
+        let (lat_text, lng_text) = Location::split_checked(s)?;
+        Some(Location {
+            lat: text_to_f64(lat_text)?,
+            lng: text_to_f64(lng_text)?,
+        })
+    }
+
+    /// What `parse` accepts, without the conversion: an IAMAT's location is only checked
+    /// (and later sent on as text); the numbers are needed only for a WHATSAT query.
+    pub fn is_valid(s: &[u8]) -> bool {
+        Location::split_checked(s).is_some()
+    }
+
+    /// The signed latitude and longitude texts, if both are in range.
+    fn split_checked(s: &[u8]) -> Option<(&[u8], &[u8])> {
         let is_sign = |b: &u8| matches!(b, b'+' | b'-');
         if !s.first().is_some_and(is_sign) {
             return None;
@@ -210,13 +225,7 @@ impl Location {
         let (lat_text, lng_text) = s.split_at_checked(lng_start)?;
         let lat = Decimal::parse(lat_text.get(1..)?)?;
         let lng = Decimal::parse(lng_text.get(1..)?)?;
-        if !lat.at_most(MAX_LATITUDE) || !lng.at_most(MAX_LONGITUDE) {
-            return None;
-        }
-        Some(Location {
-            lat: text_to_f64(lat_text)?,
-            lng: text_to_f64(lng_text)?,
-        })
+        (lat.at_most(MAX_LATITUDE) && lng.at_most(MAX_LONGITUDE)).then_some((lat_text, lng_text))
     }
 }
 
@@ -285,7 +294,7 @@ fn parse_bound(s: &[u8]) -> Option<u8> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Iamat<'a> {
     pub client: &'a [u8],
-    pub location: Location,
+    /// Checked by `Location::is_valid`.
     pub raw_location: &'a [u8],
     pub time: Timestamp,
     pub raw_time: &'a [u8],
@@ -331,9 +340,9 @@ pub fn parse_client_line(line: &[u8]) -> Parsed<'_> {
 
 fn parse_iamat(line: &[u8]) -> Option<Iamat<'_>> {
     let [_, client, raw_location, raw_time] = exact_fields(line)?;
+    Location::is_valid(raw_location).then_some(())?;
     Some(Iamat {
         client,
-        location: Location::parse(raw_location)?,
         raw_location,
         time: Timestamp::parse(raw_time)?,
         raw_time,
@@ -426,7 +435,7 @@ pub fn write_at_line(server: &str, now: Timestamp, req: &Iamat<'_>, out: &mut Ve
 pub struct AtRecord<'a> {
     pub server: &'a [u8],
     pub client: &'a [u8],
-    pub location: Location,
+    /// Checked by `Location::is_valid`.
     pub raw_location: &'a [u8],
     pub time: Timestamp,
 }
@@ -445,10 +454,10 @@ pub fn parse_at_record(line: &[u8]) -> Option<AtRecord<'_>> {
     if command != b"AT" || !is_diff(diff) {
         return None;
     }
+    Location::is_valid(raw_location).then_some(())?;
     Some(AtRecord {
         server,
         client,
-        location: Location::parse(raw_location)?,
         raw_location,
         time: Timestamp::parse(raw_time)?,
     })
@@ -605,6 +614,7 @@ mod tests {
         fn location(text: &[u8], expected: Option<(f64, f64)>) {
             let expected = expected.map(|(lat, lng)| Location { lat, lng });
             assert_eq!(Location::parse(text), expected);
+            assert_eq!(Location::is_valid(text), expected.is_some());
         }
 
         cases! { location:
@@ -741,7 +751,7 @@ mod tests {
             assert_eq!(req.client, client);
             assert_eq!(req.raw_location, raw_location);
             assert_eq!(req.raw_time, raw_time);
-            assert_eq!(Some(req.location), Location::parse(raw_location));
+            assert!(Location::is_valid(raw_location));
             assert_eq!(Some(req.time), Timestamp::parse(raw_time));
         }
 
@@ -762,11 +772,11 @@ mod tests {
                 panic!("not an IAMAT");
             };
             assert_eq!(
-                req.location,
-                Location {
+                Location::parse(req.raw_location),
+                Some(Location {
                     lat: 34.068930,
                     lng: -118.445127
-                }
+                })
             );
             assert_eq!(req.time, ts(1_621_464_827, 959_498_503));
         }
@@ -922,10 +932,6 @@ mod tests {
                 AtRecord {
                     server: b"Bailey",
                     client: b"kiwi.cs.ucla.edu",
-                    location: Location {
-                        lat: 34.068930,
-                        lng: -118.445127
-                    },
                     raw_location: b"+34.068930-118.445127",
                     time: ts(1_621_464_827, 959_498_503),
                 }
@@ -945,7 +951,6 @@ mod tests {
             assert_eq!(rec.server, b"Jaquez");
             assert_eq!(rec.client, req.client);
             assert_eq!(rec.raw_location, req.raw_location);
-            assert_eq!(rec.location, req.location);
             assert_eq!(rec.time, req.time);
         }
 

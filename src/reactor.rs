@@ -33,7 +33,7 @@ use crate::lines::{Fill, Line, LineReader, WriteQueue};
 use crate::logging::Shown;
 use crate::peers::{self, Link, Neighbour};
 use crate::places::{self, Pool, Submit};
-use crate::protocol::{self, Parsed, Request, Timestamp};
+use crate::protocol::{self, Location, Parsed, Request, Timestamp};
 use crate::slab::Slab;
 use crate::table::Table;
 use crate::timer::{Jitter, TimerWheel};
@@ -887,7 +887,7 @@ fn client_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
             let mut reply = std::mem::take(&mut core.reply);
             reply.clear();
             protocol::write_at_line(&core.name, now, &req, &mut reply);
-            let forwarded = if core.table.offer(req.client, req.time, &reply, req.location) {
+            let forwarded = if core.table.offer(req.client, req.time, &reply) {
                 flood(&mut core.neighbours, &reply, None)
             } else {
                 0
@@ -902,9 +902,17 @@ fn client_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
             let Some(record) = core.table.get(req.client) else {
                 return invalid(core, s, line);
             };
+            // The numbers are read from the stored line only here: IAMATs and records only
+            // check the location text. A stored line is a valid AT record (written by
+            // write_at_line or accepted by parse_at_record), so this always succeeds.
+            let location =
+                protocol::parse_at_record(&record.line).and_then(|r| Location::parse(r.raw_location));
+            let Some(location) = location else {
+                return invalid(core, s, line);
+            };
             let query = places::Query {
-                lat: record.location.lat,
-                lng: record.location.lng,
+                lat: location.lat,
+                lng: location.lng,
                 radius_m: req.radius.metres().to_string(),
                 bound: req.bound,
             };
@@ -983,7 +991,7 @@ fn record_line(core: &mut Core, n: usize, line: Line<'_>) {
         warn!("record from {from} skipped: malformed: {}", Shown(line));
         return;
     };
-    if !core.table.offer(rec.client, rec.time, line, rec.location) {
+    if !core.table.offer(rec.client, rec.time, line) {
         info!("record from {from} (not newer, dropped): {}", Shown(line));
         return;
     }

@@ -10,7 +10,7 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
-use crate::protocol::{Location, Timestamp};
+use crate::protocol::Timestamp;
 
 /// A stored record.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,7 +18,6 @@ pub struct Record {
     pub time: Timestamp,
     /// The AT line as first produced by the server that took the IAMAT, without `\n`.
     pub line: Box<[u8]>,
-    pub location: Location,
 }
 
 #[derive(Default)]
@@ -91,14 +90,13 @@ impl Table {
 
     /// Stores the record if it beats the one held for `client`; true if it was stored.
     /// Allocates only for a winner, since most offers in a flood are duplicates.
-    pub fn offer(&mut self, client: &[u8], time: Timestamp, line: &[u8], location: Location) -> bool {
+    pub fn offer(&mut self, client: &[u8], time: Timestamp, line: &[u8]) -> bool {
         match self.records.get_mut(client) {
             Some(held) => {
                 if (time, line) <= (held.time, &held.line[..]) {
                     return false;
                 }
                 held.time = time;
-                held.location = location;
                 // A client's AT lines mostly keep their length: reuse the allocation.
                 if held.line.len() == line.len() {
                     held.line.copy_from_slice(line);
@@ -110,7 +108,6 @@ impl Table {
                 let record = Record {
                     time,
                     line: line.into(),
-                    location,
                 };
                 self.records.insert(Key::new(client), record);
             }
@@ -132,10 +129,8 @@ mod tests {
         Timestamp::parse(s.as_bytes()).unwrap_or_else(|| panic!("bad time {s}"))
     }
 
-    const HERE: Location = Location { lat: 1.0, lng: 2.0 };
-
     fn offer(t: &mut Table, time: &str, line: &str) -> bool {
-        t.offer(b"kiwi", ts(time), line.as_bytes(), HERE)
+        t.offer(b"kiwi", ts(time), line.as_bytes())
     }
 
     fn held(t: &Table) -> String {
@@ -206,8 +201,8 @@ mod tests {
     #[test]
     fn clients_are_independent() {
         let mut t = Table::default();
-        t.offer(b"a", ts("5"), b"AT A +0.1 a +1+2 5", HERE);
-        t.offer(b"b", ts("1"), b"AT A +0.1 b +1+2 1", HERE);
+        t.offer(b"a", ts("5"), b"AT A +0.1 a +1+2 5");
+        t.offer(b"b", ts("1"), b"AT A +0.1 b +1+2 1");
         assert_eq!(t.len(), 2);
         assert_eq!(t.records().count(), 2);
         assert!(t.get(b"c").is_none());
@@ -222,13 +217,13 @@ mod tests {
         ids.extend((0..=2 * INLINE).map(|n| [vec![b'k'; n], vec![0]].concat()));
         for (i, id) in ids.iter().enumerate() {
             let line = format!("AT A +0.1 line{i} +1+2 5");
-            assert!(t.offer(id, ts("5"), line.as_bytes(), HERE), "id {i}");
+            assert!(t.offer(id, ts("5"), line.as_bytes()), "id {i}");
         }
         assert_eq!(t.len(), ids.len());
         for (i, id) in ids.iter().enumerate() {
             let line = t.get(id).map(|r| String::from_utf8_lossy(&r.line).into_owned());
             assert_eq!(line, Some(format!("AT A +0.1 line{i} +1+2 5")), "id {i}");
-            assert!(!t.offer(id, ts("4"), b"AT A +0.1 older +1+2 4", HERE), "id {i}");
+            assert!(!t.offer(id, ts("4"), b"AT A +0.1 older +1+2 4"), "id {i}");
         }
         assert!(t.get(&[b'k'; 2 * INLINE + 1]).is_none());
     }

@@ -4,7 +4,7 @@
 # ratio to the reference) and bench/latency.svg.
 #
 #   bench/run.sh                 # ~7 minutes
-#   BENCH_DURATION=5s bench/run.sh
+#   BENCH_DURATION=5s BENCH_ROUNDS=5 bench/run.sh
 #
 # Everything listens on 127.0.0.1 at free ports; every process started here is killed by
 # PID on exit. Needs redis-server (installed with apt-get when missing and run as root).
@@ -13,6 +13,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 duration=${BENCH_DURATION:-6s}
 warmup=${BENCH_WARMUP:-2s}
+# The one-server comparison runs as many short interleaved rounds (see below).
+rounds=${BENCH_ROUNDS:-9}
+round_duration=${BENCH_ROUND_DURATION:-3s}
+round_warmup=${BENCH_ROUND_WARMUP:-1s}
 out=$(mktemp -d /tmp/herd-bench.XXXXXX)
 pids=()
 
@@ -121,14 +125,16 @@ start_herd "$out/one.yml" Solo
 start_herd "$out/quiet.yml" Quiet
 solo=(--addr "127.0.0.1:$(port_of "$out/one.yml" Solo)")
 quiet=(--addr "127.0.0.1:$(port_of "$out/quiet.yml" Quiet)")
-# The host's load drifts; interleaving the reference and herd in rounds, and taking each
-# round's ratio, keeps a slow minute from favouring either side.
-for round in 1 2 3 4 5; do
+# The host's load drifts, by 20% and more within a minute (other tenants). Short rounds
+# that interleave the reference and herd, each round's ratio taken on its own, and the
+# median of many, keep a slow stretch from favouring either side.
+rlg() { "$loadgen" --warmup "$round_warmup" --duration "$round_duration" --json --quiet "$@"; }
+for round in $(seq 1 "$rounds"); do
   for d in 1 16; do
-    step "(a, b) round $round, pipeline $d: Redis PING, herd IAMAT, herd IAMAT with log.level warn"
-    lg "${redis[@]}" -c 50 -d "$d" >"$out/redis_p${d}_r$round.json"
-    lg "${solo[@]}" --workload iamat -c 50 -d "$d" >"$out/herd_p${d}_r$round.json"
-    lg "${quiet[@]}" --workload iamat -c 50 -d "$d" >"$out/quiet_p${d}_r$round.json"
+    step "(a, b) round $round/$rounds, pipeline $d: Redis PING, herd IAMAT, herd IAMAT with log.level warn"
+    rlg "${redis[@]}" -c 50 -d "$d" >"$out/redis_p${d}_r$round.json"
+    rlg "${solo[@]}" --workload iamat -c 50 -d "$d" >"$out/herd_p${d}_r$round.json"
+    rlg "${quiet[@]}" --workload iamat -c 50 -d "$d" >"$out/quiet_p${d}_r$round.json"
   done
 done
 stop_pid "$pid_Quiet"

@@ -1,7 +1,8 @@
 //! The server's log file, `<log.dir>/<Name>.log` (SPEC §4), in UTC.
 //!
-//! Records go into a large in-memory buffer; the reactor flushes it once per loop pass (and
-//! at shutdown), so a busy server pays one write per pass rather than one per log line.
+//! Records go into a large in-memory buffer; the reactor writes it out at most 20 ms after
+//! a record is made (and at shutdown), so a busy server pays one write per 256 KiB or per
+//! 20 ms rather than one per log line.
 //!
 //! simplelog's WriteLogger filters and writes the records. Each record's prefix (UTC time
 //! to the nanosecond, level) is written by `Stamped` instead of simplelog's own: simplelog
@@ -13,6 +14,7 @@ use std::cell::Cell;
 use std::fs::{self, OpenOptions};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Log, Metadata, Record};
@@ -52,9 +54,18 @@ pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, 
     Ok(path)
 }
 
+/// Set when a record is buffered, cleared when the buffer is written out.
+static UNFLUSHED: AtomicBool = AtomicBool::new(false);
+
 /// Writes buffered records to the file.
 pub fn flush() {
+    UNFLUSHED.store(false, Ordering::Relaxed);
     log::logger().flush();
+}
+
+/// Whether records may wait in the buffer.
+pub fn unflushed() -> bool {
+    UNFLUSHED.load(Ordering::Relaxed)
 }
 
 /// Prefixes each record with `2026-11-24T00:26:29.397918777Z [INFO] ` and hands it on.
@@ -80,6 +91,7 @@ impl<L: Log> Log for Stamped<L> {
                 .line(record.line())
                 .build(),
         );
+        UNFLUSHED.store(true, Ordering::Relaxed);
     }
 
     fn flush(&self) {

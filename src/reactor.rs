@@ -58,6 +58,10 @@ const MAX_WAITING: usize = 64;
 const PLACES_QUEUE: usize = 1024;
 /// The longest the loop sleeps, so housekeeping never stalls on a quiet server.
 const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
+/// Log records are written to the file at most this long after they are made (and when
+/// the 256 KiB buffer fills). Writing once per loop pass instead cost a `write` per dozen
+/// requests at pipeline 1: 3.5% of the server's cycles.
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Retry delay after `accept` fails for lack of resources (EMFILE and the like).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const TIMER_TICK: Duration = Duration::from_millis(5);
@@ -106,6 +110,7 @@ pub struct Reactor {
     timers: TimerWheel<Timer>,
     scratch: Vec<u8>,
     jitter: Jitter,
+    log_flushed_at: Instant,
 }
 
 /// State the message handlers need besides the connection itself.
@@ -334,6 +339,7 @@ impl Reactor {
             timers,
             scratch: vec![0; SCRATCH_SIZE],
             jitter: Jitter::new(seed),
+            log_flushed_at: Instant::now(),
         })
     }
 
@@ -365,13 +371,17 @@ impl Reactor {
                     Token(i) => self.conn_event(i, event),
                 }
             }
-            self.timers.expire(Instant::now(), &mut expired);
+            let now = Instant::now();
+            self.timers.expire(now, &mut expired);
             for timer in expired.drain(..) {
                 self.on_timer(timer);
             }
             self.serve_ready();
             self.flush_dirty();
-            crate::logging::flush();
+            if now >= self.log_flushed_at + LOG_FLUSH_EVERY {
+                crate::logging::flush();
+                self.log_flushed_at = now;
+            }
         }
     }
 
@@ -379,10 +389,16 @@ impl Reactor {
         if !self.ready.is_empty() {
             return Duration::ZERO;
         }
-        match self.timers.next_deadline() {
-            Some(at) => at.saturating_duration_since(Instant::now()).min(MAX_POLL_WAIT),
+        let now = Instant::now();
+        let mut timeout = match self.timers.next_deadline() {
+            Some(at) => at.saturating_duration_since(now).min(MAX_POLL_WAIT),
             None => MAX_POLL_WAIT,
+        };
+        if crate::logging::unflushed() {
+            // Buffered log records reach the file within LOG_FLUSH_EVERY, busy or idle.
+            timeout = timeout.min((self.log_flushed_at + LOG_FLUSH_EVERY).saturating_duration_since(now));
         }
+        timeout
     }
 
     fn signalled(&mut self) -> bool {

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
 
@@ -109,9 +108,10 @@ def main():
     svg_chart([("Redis PING", spectrum(redis1)), ("herd IAMAT", spectrum(herd1)),
                ("herd ×5, flooding", spectrum(herd5))], svg_path)
 
+    # The commit bench/run.sh built from, recorded before anything was measured.
     try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                                cwd=os.path.dirname(md_path) or ".").stdout.strip()
+        with open(os.path.join(d, "commit")) as f:
+            commit = f.read().strip() or "?"
     except OSError:
         commit = "?"
     cpu = "?"

@@ -50,6 +50,8 @@ sample_rss() {
 
 step "building (release)"
 (cd "$root" && cargo build --release --quiet -p herd -p herd-bench) || die "build failed"
+# What was built, for the report (which itself changes tracked files).
+(cd "$root" && git describe --always --dirty 2>/dev/null || echo unknown) >"$out/commit"
 herd=$root/target/release/herd
 loadgen=$root/target/release/loadgen
 

@@ -135,7 +135,11 @@ def main():
 
     t1 = herd1["throughput"] / redis1["throughput"]
     t16 = herd16["throughput"] / redis16["throughput"]
-    p99 = herd1["latency_us"]["p99"]
+    # p99 by round, like the ratios: the median, with the range. A stolen stretch of CPU
+    # in one round moves one round's p99, not the figure.
+    p99s = sorted(r["latency_us"]["p99"] for r in series("herd", 1))
+    p99 = p99s[len(p99s) // 2]
+    redis_p99s = sorted(r["latency_us"]["p99"] for r in series("redis", 1))
     prop_p99 = prop["latency_us"]["p99"]
     per_conn_herd = herd_rss * 1024 / idle_n
     per_conn_redis = redis_rss * 1024 / idle_n
@@ -175,7 +179,9 @@ def main():
         "| target | measured | |",
         "|---|---|---|",
         f"| one server, IAMAT, 50 connections, pipeline 1: ≥ 0.9 × Redis PING | {t1:.2f}× (median of {len(ratios1)} rounds; {spread(ratios1)}) | {verdict(t1 >= 0.9)} |",
-        f"| same, p99 ≤ 1 ms | {ms(p99)} | {verdict(p99 <= 1000)} |",
+        f"| same, p99 ≤ 1 ms | {ms(p99)} (median of the rounds' p99s; all {ms(p99s[0])}–{ms(p99s[-1])}; "
+        f"Redis {ms(redis_p99s[len(redis_p99s) // 2])}, all {ms(redis_p99s[0])}–{ms(redis_p99s[-1])}) | "
+        f"{verdict(p99 <= 1000)} |",
         f"| pipeline 16: ≥ 0.5 × Redis at pipeline 16 | {t16:.2f}× (median of {len(ratios16)} rounds; {spread(ratios16)}) | {verdict(t16 >= 0.5)} |",
         f"| 10,000 connections held in ≤ 64 MiB RSS | {herd_rss_total_mib:.1f} MiB | {verdict(herd_rss_total_mib <= 64)} |",
         f"| propagation Bailey → Jaquez p99 ≤ 1 ms | {ms(prop_p99)} | {verdict(prop_p99 <= 1000)} |",

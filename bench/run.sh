@@ -7,7 +7,8 @@
 #   BENCH_DURATION=5s BENCH_ROUNDS=5 bench/run.sh
 #
 # Everything listens on 127.0.0.1 at free ports; every process started here is killed by
-# PID on exit. Needs redis-server (installed with apt-get when missing and run as root).
+# PID on exit. The servers' logs are emptied between measurements and removed at the end
+# (BENCH_KEEP_LOGS=1 keeps them whole); the raw results stay in /tmp/herd-bench.*. Needs redis-server (installed with apt-get when missing and run as root).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -23,10 +24,21 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # herd logs every message: gigabytes per run. Only the results are kept.
+  [ -n "${BENCH_KEEP_LOGS:-}" ] || rm -rf "$out/logs"
 }
 trap cleanup EXIT
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 step() { echo "== $*" >&2; }
+# Empties the herd logs between measurements (the servers follow a truncated log file),
+# so the disk holds one measurement's log at a time, not the run's.
+trim_logs() { [ -n "${BENCH_KEEP_LOGS:-}" ] || for f in "$out"/logs/*.log; do [ -f "$f" ] && : >"$f"; done; }
+
+# A measurement at pipeline 16 logs about 1 GB; leave room for it.
+need_kib=$((3 * 1024 * 1024))
+avail_kib=$(df -Pk "$out" | awk 'NR == 2 {print $4}')
+[ "${avail_kib:-0}" -ge "$need_kib" ] ||
+  die "need 3 GB free in $out for the servers' logs (have $((${avail_kib:-0} / 1024)) MB)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
@@ -137,12 +149,14 @@ for round in $(seq 1 "$rounds"); do
     rlg "${redis[@]}" -c 50 -d "$d" >"$out/redis_p${d}_r$round.json"
     rlg "${solo[@]}" --workload iamat -c 50 -d "$d" >"$out/herd_p${d}_r$round.json"
     rlg "${quiet[@]}" --workload iamat -c 50 -d "$d" >"$out/quiet_p${d}_r$round.json"
+    trim_logs
   done
 done
 stop_pid "$pid_Quiet"
 step "(d) WHATSAT against a Places imitation answering in 50 ms (16 workers)"
 lg "${solo[@]}" --workload whatsat --clients 2000 --radius 10 --bound 5 -c 32 -d 1 >"$out/whatsat.json"
 stop_pid "$pid_Solo"
+trim_logs
 
 step "(f) one herd server with 10,000 idle connections plus load"
 start_herd "$out/one.yml" Solo
@@ -152,6 +166,7 @@ lgpid=$!
 sample_rss "$pid_Solo" "$lgpid" "$out/herd_rss_peak"
 wait "$lgpid"
 stop_pid "$pid_Solo"
+trim_logs
 
 write_herd "$out/five.yml" "$places_url" \
   "Bailey:Bona, Campbell" "Bona:Bailey, Campbell, Clark" "Campbell:Bailey, Bona, Jaquez" \

@@ -8,7 +8,9 @@
 #
 # Everything listens on 127.0.0.1 at free ports; every process started here is killed by
 # PID on exit. The servers' logs are emptied between measurements and removed at the end
-# (BENCH_KEEP_LOGS=1 keeps them whole); the raw results stay in /tmp/herd-bench.*. Needs redis-server (installed with apt-get when missing and run as root).
+# (BENCH_KEEP_LOGS=1 keeps them whole); the raw results stay in /tmp/herd-bench.*.
+# Needs redis-server (installed with apt-get when missing and run as root) and 3 GB of
+# free disk for the logs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -25,20 +27,25 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   # herd logs every message: gigabytes per run. Only the results are kept.
-  [ -n "${BENCH_KEEP_LOGS:-}" ] || rm -rf "$out/logs"
+  [ "${BENCH_KEEP_LOGS:-0}" = 1 ] || rm -rf "$out/logs"
 }
 trap cleanup EXIT
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 step() { echo "== $*" >&2; }
 # Empties the herd logs between measurements (the servers follow a truncated log file),
 # so the disk holds one measurement's log at a time, not the run's.
-trim_logs() { [ -n "${BENCH_KEEP_LOGS:-}" ] || for f in "$out"/logs/*.log; do [ -f "$f" ] && : >"$f"; done; }
+trim_logs() {
+  [ "${BENCH_KEEP_LOGS:-0}" = 1 ] && return 0
+  local f
+  for f in "$out"/logs/*.log; do if [ -f "$f" ]; then : >"$f"; fi; done
+}
 
 # A measurement at pipeline 16 logs about 1 GB; leave room for it.
 need_kib=$((3 * 1024 * 1024))
-avail_kib=$(df -Pk "$out" | awk 'NR == 2 {print $4}')
-[ "${avail_kib:-0}" -ge "$need_kib" ] ||
-  die "need 3 GB free in $out for the servers' logs (have $((${avail_kib:-0} / 1024)) MB)"
+avail_kib=$(df -Pk "$out" 2>/dev/null | awk 'NR == 2 {print $4}') || true
+case $avail_kib in '' | *[!0-9]*) die "cannot read the free space in $out (df)" ;; esac
+[ "$avail_kib" -ge "$need_kib" ] ||
+  die "need 3 GB free in $out for the servers' logs (have $((avail_kib / 1024)) MB)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {

@@ -108,7 +108,14 @@ fn run(args: cli::Args) -> Result<(), String> {
         }
     );
     logging::flush();
-    reactor.run().map_err(|e| format!("reactor failed: {e}"))
+    let result = reactor.run();
+    if let Err(e) = &result {
+        log::error!("reactor failed: {e}");
+    }
+    // Whatever was logged since the reactor's last write: Places calls that ended during
+    // the shutdown grace, or the records before a failure.
+    logging::flush();
+    result.map_err(|e| format!("reactor failed: {e}"))
 }
 
 /// `--list`: the validated herd, one server per line, for scripts.

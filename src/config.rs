@@ -23,6 +23,8 @@ const LEGACY_API_URL: &str = "https://maps.googleapis.com";
 const MIN_MAX_LINE: usize = 64;
 const MAX_MAX_LINE: usize = 1 << 20;
 const MAX_WORKERS: usize = 256;
+/// Far above any Places quota; a bigger number is more likely a typo than a plan.
+const MAX_RPS: u32 = 100_000;
 
 /// A validated herd.
 #[derive(Clone, Debug)]
@@ -58,6 +60,8 @@ pub struct Places {
     pub key_env: String,
     pub timeout: Duration,
     pub workers: usize,
+    /// Upstream calls per second at most (a token bucket); 0 = no cap.
+    pub max_rps: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -184,6 +188,7 @@ struct RawPlaces {
     key_env: Option<String>,
     timeout_ms: Option<u64>,
     workers: Option<usize>,
+    max_rps: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -375,12 +380,20 @@ fn validate_places(raw: RawPlaces, env: impl Fn(&str) -> Option<String>) -> Resu
             format!("{workers} is out of range 1..={MAX_WORKERS}"),
         ));
     }
+    let max_rps = raw.max_rps.unwrap_or(0);
+    if max_rps > MAX_RPS {
+        return Err(Problem::invalid(
+            "places.max_rps",
+            format!("{max_rps} is out of range 0..={MAX_RPS} (0 turns the cap off)"),
+        ));
+    }
     Ok(Places {
         api,
         url,
         key_env,
         timeout: Duration::from_millis(timeout_ms),
         workers,
+        max_rps,
     })
 }
 
@@ -469,6 +482,7 @@ mod tests {
                 key_env: "GOOGLE_PLACES_API_KEY".into(),
                 timeout: Duration::from_millis(5000),
                 workers: 4,
+                max_rps: 0,
             }
         );
         assert_eq!(h.max_line, 8192);
@@ -609,6 +623,19 @@ mod tests {
         let base = "servers:\n  A: { port: 1, peer_port: 2 }\n";
         let e = parse_err(&format!("{base}places: {{ workers: 0 }}\n"));
         assert_eq!(e, "places.workers: 0 is out of range 1..=256");
+        let e = parse_err(&format!("{base}places: {{ max_rps: 100001 }}\n"));
+        assert_eq!(
+            e,
+            "places.max_rps: 100001 is out of range 0..=100000 (0 turns the cap off)"
+        );
+        let e = parse_err(&format!("{base}places: {{ max_rps: -1 }}\n"));
+        assert!(e.starts_with("places.max_rps: "), "{e}");
+        assert_eq!(
+            parse_ok(&format!("{base}places: {{ max_rps: 20 }}\n"))
+                .places
+                .max_rps,
+            20
+        );
         let e = parse_err(&format!("{base}places: {{ timeout_ms: 0 }}\n"));
         assert_eq!(e, "places.timeout_ms: must be at least 1");
         let e = parse_err(&format!("{base}places: {{ api: v3 }}\n"));

@@ -7,6 +7,8 @@
 //! let stub = PlacesStub::start();           // Google-like answers, 20 places near UCLA
 //! stub.url();                               // "http://127.0.0.1:PORT", for places.url
 //! stub.set(Behaviour::Delay(d));            // switch how the following requests are answered
+//! stub.script(vec![b1, b2]);                // the next two requests get b1, b2, then as set
+//! PlacesStub::start_on("127.0.0.2");        // the same on another loopback address
 //! stub.requests();                          // every request so far, oldest first
 //! stub.connections();                       // connections accepted so far
 //! stub.wait_requests(n, timeout);           // ... once at least n arrived (or time is up)
@@ -65,6 +67,11 @@ pub enum Behaviour {
     BlankLines,
     /// Read the request, then close the connection without a byte of answer.
     Drop,
+    /// HTTP `http` (3xx) with `Location: location` and an HTML body.
+    Redirect { http: u16, location: String },
+    /// `per_cent` of requests (picked pseudo-randomly but reproducibly by their number)
+    /// get HTTP `http` with Google's error envelope; the others the normal answer.
+    Flaky { per_cent: u64, http: u16 },
 }
 
 /// One request as the stub received it.
@@ -110,6 +117,8 @@ pub struct PlacesStub {
 
 struct Shared {
     behaviour: Mutex<Behaviour>,
+    /// One-shot behaviours for the next requests, before `behaviour`.
+    script: Mutex<std::collections::VecDeque<Behaviour>>,
     requests: Mutex<Vec<Recorded>>,
     arrived: Condvar,
     stop: AtomicBool,
@@ -126,7 +135,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PlacesStub {
     /// Listens on an ephemeral port of 127.0.0.1. Panics if it cannot: it is test code.
     pub fn start() -> PlacesStub {
-        let listener = match TcpListener::bind("127.0.0.1:0") {
+        PlacesStub::start_on("127.0.0.1")
+    }
+
+    /// Listens on an ephemeral port of `ip` (any 127.x.y.z works on Linux).
+    pub fn start_on(ip: &str) -> PlacesStub {
+        let listener = match TcpListener::bind((ip, 0)) {
             Ok(l) => l,
             Err(e) => panic!("places stub: cannot listen: {e}"),
         };
@@ -136,6 +150,7 @@ impl PlacesStub {
         };
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour::Normal),
+            script: Mutex::new(std::collections::VecDeque::new()),
             requests: Mutex::new(Vec::new()),
             arrived: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -167,6 +182,11 @@ impl PlacesStub {
 
     pub fn set(&self, b: Behaviour) {
         *lock(&self.shared.behaviour) = b;
+    }
+
+    /// The next requests get these behaviours, one each, before the one `set` chose.
+    pub fn script(&self, bs: Vec<Behaviour>) {
+        lock(&self.shared.script).extend(bs);
     }
 
     /// How many connections were accepted so far (shows whether the client reuses them).
@@ -242,6 +262,7 @@ struct Answer {
     http: u16,
     content_type: &'static str,
     body: String,
+    location: Option<String>,
 }
 
 impl Answer {
@@ -250,6 +271,7 @@ impl Answer {
             http,
             content_type: "application/json; charset=UTF-8",
             body,
+            location: None,
         }
     }
 }
@@ -269,11 +291,23 @@ fn serve(stream: &mut TcpStream, shared: &Shared) {
                 return;
             }
         };
-        {
-            lock(&shared.requests).push(req.rec.clone());
+        let number = {
+            let mut reqs = lock(&shared.requests);
+            reqs.push(req.rec.clone());
             shared.arrived.notify_all();
-        }
-        let behaviour = lock(&shared.behaviour).clone();
+            reqs.len() as u64
+        };
+        let scripted = lock(&shared.script).pop_front();
+        let behaviour = scripted.unwrap_or_else(|| lock(&shared.behaviour).clone());
+        let behaviour = match behaviour {
+            Behaviour::Flaky { per_cent, http } if unlucky(number, per_cent) => Behaviour::Envelope {
+                http,
+                status: "UNAVAILABLE".into(),
+                message: "The service is currently unavailable.".into(),
+            },
+            Behaviour::Flaky { .. } => Behaviour::Normal,
+            other => other,
+        };
         if let Behaviour::Delay(d) = behaviour {
             pause(shared, d);
         }
@@ -285,6 +319,16 @@ fn serve(stream: &mut TcpStream, shared: &Shared) {
             return;
         }
     }
+}
+
+/// Whether request `n` is among the `per_cent` that fail: a fixed hash of `n`, so a run
+/// can be repeated.
+fn unlucky(n: u64, per_cent: u64) -> bool {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    x % 100 < per_cent
 }
 
 /// Sleeps in small steps so that dropping the stub ends a long delay at once.
@@ -412,11 +456,15 @@ fn decode(s: &str) -> String {
 
 fn write_answer(stream: &mut TcpStream, a: &Answer, close: bool) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nServer: scaffolding on HTTPServer2\r\n{}\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nServer: scaffolding on HTTPServer2\r\n{}{}\r\n",
         a.http,
         reason(a.http),
         a.content_type,
         a.body.len(),
+        a.location
+            .as_ref()
+            .map(|l| format!("Location: {l}\r\n"))
+            .unwrap_or_default(),
         if close { "Connection: close\r\n" } else { "" },
     );
     stream.write_all(head.as_bytes())?;
@@ -427,6 +475,11 @@ fn write_answer(stream: &mut TcpStream, a: &Answer, close: bool) -> io::Result<(
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -443,6 +496,11 @@ fn reason(code: u16) -> &'static str {
 fn answer(rec: &Recorded, b: &Behaviour) -> Answer {
     match b {
         Behaviour::NotJson { http } => return html_error(*http),
+        Behaviour::Redirect { http, location } => {
+            let mut a = html_error(*http);
+            a.location = Some(location.clone());
+            return a;
+        }
         Behaviour::Envelope {
             http,
             status,
@@ -591,6 +649,7 @@ fn html_error(http: u16) -> Answer {
         http,
         content_type: "text/html; charset=UTF-8",
         body,
+        location: None,
     }
 }
 

@@ -1,22 +1,33 @@
 //! Google Places lookups for WHATSAT, kept off the reactor thread.
 //!
 //! The reactor owns a `Pool`. `submit` either answers at once (bound 0, no key, queue
-//! full) or queues a job; identical queries in flight share one job. A few worker threads
-//! share one ureq `Agent`, make the blocking call, turn Google's answer into the final
-//! legacy-style JSON document and post it back on a channel, waking the reactor through its
-//! `mio::Waker` only when no earlier wake is still pending. `drain`, on the reactor thread,
-//! hands each answer to every tag that asked for it.
+//! full, over `places.max_rps`, upstream down) or queues a call; identical lookups in
+//! flight share one call. Waiting calls are served fairly over client connections
+//! (`sched::FairQueue`), so one connection's thousand lookups never hold up another's.
+//! A few worker threads share one ureq `Agent`, make the blocking call (retrying a failed
+//! connection, 429 or 5xx with jittered backoff inside the `timeout_ms` budget), turn
+//! Google's answer into the final legacy-style JSON document and post it back on a
+//! channel, waking the reactor through its `mio::Waker` only when no earlier wake is still
+//! pending. `drain`, on the reactor thread, hands each answer to every tag that asked.
+//! A circuit breaker stops calling an upstream that keeps failing; `stats` reads the
+//! pool's counters.
 //!
 //! The API key lives only in the workers' `Upstream`; every text that could carry it (ureq
 //! errors may quote the URL) is redacted before it reaches a log line or a reply.
+//! Redirects are never followed: the key must not travel to another host.
+
+mod sched;
+pub mod stats;
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -24,6 +35,8 @@ use serde_json::{Map, Number, Value, json};
 
 use crate::config::{self, Api};
 use crate::legacy_json;
+use sched::{Breaker, Bucket, CallId, Change, FairQueue, Lane};
+use stats::{PlacesCounters, PlacesStats};
 
 const LEGACY_PATH: &str = "/maps/api/place/nearbysearch/json";
 const NEW_PATH: &str = "/v1/places:searchNearby";
@@ -35,6 +48,39 @@ const MAX_BODY: u64 = 4 << 20;
 /// How long `shutdown` waits for workers before leaving them to end with the process.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
 const REDACTED: &str = "<key>";
+const UNAVAILABLE: &str = "Places upstream unavailable";
+/// A retry is only made if at least this much of the budget is left after its backoff.
+const MIN_TRY: Duration = Duration::from_millis(10);
+
+/// Retry and breaker settings (SPEC §7). Fixed in production; unit tests shorten them.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Retries after the first try, for a failed connection, 429 or 5xx.
+    pub max_retries: u32,
+    /// The first retry waits about this long (0.5x to 1.5x), each further one twice as long.
+    pub retry_base: Duration,
+    /// Consecutive failed calls that open the breaker.
+    pub breaker_after: u32,
+    /// How long the breaker stays open before one probe call decides.
+    pub breaker_open: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            max_retries: 2,
+            retry_base: Duration::from_millis(100),
+            breaker_after: 5,
+            breaker_open: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How the pool tells client connections apart for fair service. Every lookup whose tag
+/// gives the same key waits in that connection's line, in submission order.
+pub trait Fair {
+    fn connection(&self) -> u64;
+}
 
 /// What to look up. `radius_m` is the radius in metres as decimal text (exact, e.g.
 /// "10000", "500", "0.1").
@@ -71,7 +117,8 @@ impl Same {
 pub enum Submit {
     /// Answered at once, no upstream call: bound 0 -> OK with results [], no key ->
     /// REQUEST_DENIED naming the env var, radius not decimal -> INVALID_REQUEST, queue
-    /// full -> UNKNOWN_ERROR "server busy ...".
+    /// full -> UNKNOWN_ERROR "server busy ...", over `places.max_rps` -> OVER_QUERY_LIMIT,
+    /// breaker open -> UNKNOWN_ERROR "Places upstream unavailable".
     Now(Arc<str>),
     /// A job is queued or joined an identical in-flight one; the answer comes via `drain`.
     Queued,
@@ -80,6 +127,8 @@ pub enum Submit {
 struct Job {
     same: Same,
     query: Query,
+    /// The one call that decides whether an open breaker closes.
+    probe: bool,
 }
 
 struct Done {
@@ -87,38 +136,78 @@ struct Done {
     answer: Arc<str>,
 }
 
+/// What the reactor and the workers share under one lock.
+struct Sched {
+    queue: FairQueue<Job>,
+    bucket: Option<Bucket>,
+    breaker: Breaker,
+    stop: bool,
+}
+
 /// What every worker shares.
 struct Shared {
     upstream: Upstream,
-    jobs: Mutex<Receiver<Job>>,
+    sched: Mutex<Sched>,
+    /// Signalled when a job is queued or the pool stops.
+    work: Condvar,
+    counters: Arc<PlacesCounters>,
+    tuning: Tuning,
     waker: Arc<mio::Waker>,
     /// Set by the worker whose result will wake the reactor; cleared by `drain`.
     pending: AtomicBool,
-    stop: AtomicBool,
 }
 
-/// The pool. `T` is the reactor's tag (token, generation, reply slot); the pool never
-/// looks inside it.
+impl Shared {
+    fn sched(&self) -> MutexGuard<'_, Sched> {
+        // Nothing under this lock can panic halfway through a change that matters.
+        self.sched.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Lookups waiting for one call: who asked, and which call answers them.
+struct Waiting<T> {
+    tags: Vec<T>,
+    call: CallId,
+    lanes: Vec<Lane>,
+}
+
+/// The pool. `T` is the reactor's tag (token, generation, reply slot); the pool only asks
+/// it which connection it belongs to.
 pub struct Pool<T> {
-    jobs: SyncSender<Job>,
     done: Receiver<Done>,
     shared: Arc<Shared>,
-    waiting: HashMap<Same, Vec<T>>,
+    waiting: HashMap<Same, Waiting<T>>,
+    next_call: CallId,
+    queue_bound: usize,
     workers: Vec<JoinHandle<()>>,
     empty: Arc<str>,
     no_key: Option<Arc<str>>,
+    unavailable: Arc<str>,
+    over_limit: Arc<str>,
 }
 
-impl<T> Pool<T> {
+impl<T: Fair> Pool<T> {
     /// Starts `cfg.workers` threads sharing one ureq Agent (rustls, connections reused,
-    /// idle pool sized to the workers, `cfg.timeout` bounding each whole call). `key`: the
-    /// API key from the environment (None or empty = no key). `queue_bound`: how many jobs
-    /// may wait for a worker before `submit` answers "server busy".
+    /// idle pool sized to the workers, redirects not followed, `cfg.timeout` bounding each
+    /// whole lookup, retries included). `key`: the API key from the environment (None or
+    /// empty = no key). `queue_bound`: how many calls may wait for a worker before
+    /// `submit` answers "server busy".
     pub fn start(
         cfg: &config::Places,
         key: Option<String>,
         waker: Arc<mio::Waker>,
         queue_bound: usize,
+    ) -> io::Result<Pool<T>> {
+        Pool::start_tuned(cfg, key, waker, queue_bound, Tuning::default())
+    }
+
+    /// `start` with other retry and breaker settings.
+    pub fn start_tuned(
+        cfg: &config::Places,
+        key: Option<String>,
+        waker: Arc<mio::Waker>,
+        queue_bound: usize,
+        tuning: Tuning,
     ) -> io::Result<Pool<T>> {
         let key = key.filter(|k| !k.is_empty());
         let no_key = key.is_none().then(|| {
@@ -128,14 +217,25 @@ impl<T> Pool<T> {
             );
             Arc::from(legacy_json::error_document("REQUEST_DENIED", &msg))
         });
-        let (jobs, job_rx) = mpsc::sync_channel(queue_bound);
+        let over_limit = format!(
+            "over this server's Places rate limit (places.max_rps: {} calls per second); try again later",
+            cfg.max_rps
+        );
+        let now = Instant::now();
         let (done_tx, done) = mpsc::channel();
         let shared = Arc::new(Shared {
             upstream: Upstream::new(cfg, key.unwrap_or_default()),
-            jobs: Mutex::new(job_rx),
+            sched: Mutex::new(Sched {
+                queue: FairQueue::default(),
+                bucket: Bucket::new(cfg.max_rps, now),
+                breaker: Breaker::new(tuning.breaker_after, tuning.breaker_open, now),
+                stop: false,
+            }),
+            work: Condvar::new(),
+            counters: Arc::new(PlacesCounters::default()),
+            tuning,
             waker,
             pending: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
         });
         let mut workers = Vec::with_capacity(cfg.workers);
         for i in 0..cfg.workers {
@@ -146,20 +246,22 @@ impl<T> Pool<T> {
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => {
-                    // Dropping `jobs` below ends the workers already started.
-                    shared.stop.store(true, Ordering::SeqCst);
+                    stop(&shared);
                     return Err(e);
                 }
             }
         }
         Ok(Pool {
-            jobs,
             done,
             shared,
             waiting: HashMap::new(),
+            next_call: 0,
+            queue_bound,
             workers,
             empty: Arc::from(legacy_json::ok_empty()),
             no_key,
+            unavailable: Arc::from(legacy_json::error_document("UNKNOWN_ERROR", UNAVAILABLE)),
+            over_limit: Arc::from(legacy_json::error_document("OVER_QUERY_LIMIT", &over_limit)),
         })
     }
 
@@ -174,28 +276,65 @@ impl<T> Pool<T> {
             let msg = format!("radius `{}` is not a decimal number of metres", query.radius_m);
             return Submit::Now(legacy_json::error_document("INVALID_REQUEST", &msg).into());
         }
+        let lane = tag.connection();
         let same = Same::of(&query);
-        if let Some(tags) = self.waiting.get_mut(&same) {
-            tags.push(tag);
+        let counters = &self.shared.counters;
+        let mut sched = self.shared.sched();
+        if let Some(w) = self.waiting.get_mut(&same) {
+            w.tags.push(tag);
+            counters.shared();
+            if sched.queue.is_waiting(w.call) && !w.lanes.contains(&lane) {
+                sched.queue.join(lane, w.call);
+                w.lanes.push(lane);
+            }
             return Submit::Queued;
         }
+        let now = Instant::now();
+        if sched.breaker.refuses(now) {
+            counters.breaker_refused();
+            return Submit::Now(Arc::clone(&self.unavailable));
+        }
+        if sched.queue.len() >= self.queue_bound || sched.stop {
+            drop(sched);
+            log::warn!("places: every worker busy and the queue full; answering UNKNOWN_ERROR");
+            counters.busy();
+            return Submit::Now(busy());
+        }
+        if !sched.bucket.as_mut().is_none_or(|b| b.take(now)) {
+            drop(sched);
+            log::debug!("places: over places.max_rps; answering OVER_QUERY_LIMIT");
+            counters.rate_limited();
+            return Submit::Now(Arc::clone(&self.over_limit));
+        }
+        let probe = sched.breaker.admit().is_some();
+        if probe {
+            counters.set_breaker(sched.breaker.state(), false);
+            log::info!("places: breaker half-open: one probe call decides");
+        }
+        let call = self.next_call;
+        self.next_call += 1;
         let job = Job {
             same: same.clone(),
             query,
+            probe,
         };
-        match self.jobs.try_send(job) {
-            Ok(()) => {
-                self.waiting.insert(same, vec![tag]);
-                Submit::Queued
-            }
-            Err(TrySendError::Full(_)) => {
-                log::warn!("places: every worker busy and the queue full; answering UNKNOWN_ERROR");
-                Submit::Now(busy())
-            }
-            Err(TrySendError::Disconnected(_)) => Submit::Now(busy()),
-        }
+        sched.queue.push(lane, call, job);
+        counters.set_queue_depth(sched.queue.len());
+        drop(sched);
+        self.shared.work.notify_one();
+        self.waiting.insert(
+            same,
+            Waiting {
+                tags: vec![tag],
+                call,
+                lanes: vec![lane],
+            },
+        );
+        Submit::Queued
     }
+}
 
+impl<T> Pool<T> {
     /// Called by the reactor on each waker event: hands every finished answer to `f`
     /// (once per tag that joined the query), draining the channel until empty because
     /// wakes coalesce.
@@ -204,10 +343,21 @@ impl<T> Pool<T> {
         // finds the flag clear and wakes us again. The swap acquires the workers' sends.
         self.shared.pending.swap(false, Ordering::AcqRel);
         while let Ok(Done { same, answer }) = self.done.try_recv() {
-            for tag in self.waiting.remove(&same).unwrap_or_default() {
+            for tag in self.waiting.remove(&same).map(|w| w.tags).unwrap_or_default() {
                 f(tag, Arc::clone(&answer));
             }
         }
+    }
+
+    /// A reading of the pool's counters (cheap: relaxed atomic loads).
+    pub fn stats(&self) -> PlacesStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The counters themselves, for a thread that reads them without the pool.
+    #[allow(dead_code)] // for the admin endpoint's thread (SPEC §8)
+    pub fn counters(&self) -> Arc<PlacesCounters> {
+        Arc::clone(&self.shared.counters)
     }
 
     /// Distinct queries submitted and not yet drained.
@@ -219,14 +369,9 @@ impl<T> Pool<T> {
     /// Stops accepting work and lets the workers exit. Waits at most `SHUTDOWN_GRACE`; a
     /// worker still inside a call is left to finish it (bounded by the timeout) on its own.
     pub fn shutdown(self) {
-        let Pool {
-            jobs,
-            shared,
-            workers,
-            ..
-        } = self;
-        shared.stop.store(true, Ordering::SeqCst);
-        drop(jobs);
+        log::info!("places: {}", summary(&self.stats()));
+        let Pool { shared, workers, .. } = self;
+        stop(&shared);
         let deadline = Instant::now() + SHUTDOWN_GRACE;
         for w in workers {
             while !w.is_finished() && Instant::now() < deadline {
@@ -237,6 +382,38 @@ impl<T> Pool<T> {
             }
         }
     }
+}
+
+/// The counters in one log line, for the shutdown record.
+fn summary(s: &PlacesStats) -> String {
+    let calls: Vec<String> = s
+        .calls
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(st, n)| format!("{st} {n}"))
+        .collect();
+    format!(
+        "{} lookups answered by the upstream ({}), {} HTTP requests, {} retries, {} shared, {} over max_rps, {} refused by the breaker (now {}, opened {} times), {} busy",
+        s.latency_count,
+        if calls.is_empty() {
+            "none".into()
+        } else {
+            calls.join(", ")
+        },
+        s.attempts,
+        s.retries,
+        s.shared,
+        s.rate_limited,
+        s.breaker_refused,
+        s.breaker.as_str(),
+        s.breaker_opened,
+        s.busy
+    )
+}
+
+fn stop(shared: &Shared) {
+    shared.sched().stop = true;
+    shared.work.notify_all();
 }
 
 fn busy() -> Arc<str> {
@@ -254,20 +431,39 @@ fn radius_number(text: &str) -> Option<Number> {
     text.parse().ok()
 }
 
-fn work(shared: &Shared, done: &Sender<Done>) {
+/// The next job in fair order, or None once the pool stops. A job queued before the
+/// breaker opened is answered at once without a call (unless it is the probe).
+fn next_job(shared: &Shared) -> Option<(Job, bool)> {
+    let mut sched = shared.sched();
     loop {
-        // The lock is held while waiting, so idle workers queue on the mutex instead.
-        let next = shared.jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = next else { return };
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
+        if sched.stop {
+            return None;
         }
-        // A bug in the mapping must not leave the reactor waiting forever for this query.
-        let answer = panic::catch_unwind(AssertUnwindSafe(|| shared.upstream.answer(&job.query)))
-            .unwrap_or_else(|_| {
-                let msg = "Places request failed: internal error";
-                Arc::from(legacy_json::error_document("UNKNOWN_ERROR", msg))
-            });
+        if let Some(job) = sched.queue.pop() {
+            shared.counters.set_queue_depth(sched.queue.len());
+            let held = sched.breaker.holds(job.probe);
+            return Some((job, held));
+        }
+        sched = shared.work.wait(sched).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+fn work(shared: &Shared, done: &Sender<Done>) {
+    while let Some((job, held)) = next_job(shared) {
+        let answer = if held {
+            shared.counters.breaker_refused();
+            legacy_json::error_document("UNKNOWN_ERROR", UNAVAILABLE).into()
+        } else {
+            shared.counters.in_flight(1);
+            // A bug in the mapping must not leave the reactor waiting forever for this query.
+            let answer =
+                panic::catch_unwind(AssertUnwindSafe(|| lookup(shared, &job))).unwrap_or_else(|_| {
+                    let msg = "Places request failed: internal error";
+                    Arc::from(legacy_json::error_document("UNKNOWN_ERROR", msg))
+                });
+            shared.counters.in_flight(-1);
+            answer
+        };
         if done
             .send(Done {
                 same: job.same,
@@ -287,6 +483,51 @@ fn work(shared: &Shared, done: &Sender<Done>) {
     }
 }
 
+/// One lookup: the call, its retries, the counters and the breaker's bookkeeping.
+fn lookup(shared: &Shared, job: &Job) -> Arc<str> {
+    let tuning = &shared.tuning;
+    let counters = &shared.counters;
+    // Retries spend the same per-second budget as first tries: the cap is on calls.
+    let may_retry = || {
+        let mut sched = shared.sched();
+        !sched.stop && sched.bucket.as_mut().is_none_or(|b| b.take(Instant::now()))
+    };
+    let looked = shared.upstream.lookup(&job.query, tuning, counters, may_retry);
+    let ok = looked.status != "UNKNOWN_ERROR";
+    counters.answered(&looked.status, looked.took);
+    let change = {
+        let mut sched = shared.sched();
+        let change = sched.breaker.record(job.probe, ok, Instant::now());
+        if change.is_some() {
+            counters.set_breaker(sched.breaker.state(), change != Some(Change::Recovered));
+        }
+        change
+    };
+    let open = tuning.breaker_open.as_millis();
+    match change {
+        Some(Change::Opened) => log::warn!(
+            "places: upstream down after {} failed calls in a row; answering \"{UNAVAILABLE}\" for {open} ms",
+            tuning.breaker_after
+        ),
+        Some(Change::ProbeFailed) => {
+            log::warn!("places: probe call failed; upstream still down, next probe in {open} ms")
+        }
+        Some(Change::Recovered) => {
+            log::info!("places: probe call answered {}; upstream up again", looked.status)
+        }
+        Some(Change::Probing) | None => {}
+    }
+    looked.doc
+}
+
+/// How far apart retry `n` (1-based) starts: `base * 2^(n-1)`, jittered to 0.5x..1.5x
+/// so workers that failed together do not come back together.
+fn backoff(base: Duration, n: u32) -> Duration {
+    let d = base.saturating_mul(1 << (n.saturating_sub(1)).min(16));
+    let unit = RandomState::new().hash_one(n) as f64 / u64::MAX as f64;
+    d.mul_f64(0.5 + unit)
+}
+
 /// Why a call produced no document from Google. Display is the `error_message` sent to
 /// the client, so it must never hold the key (transport texts are redacted first).
 #[derive(Debug, PartialEq)]
@@ -298,8 +539,16 @@ enum Failure {
     TooLarge,
     BadRadius(String),
     Transport(String),
-    NotJson { http: u16 },
-    NotPlaces { http: u16 },
+    NotJson {
+        http: u16,
+    },
+    NotPlaces {
+        http: u16,
+    },
+    /// A 3xx: following it could hand the key to another host.
+    Redirect {
+        http: u16,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -325,6 +574,10 @@ impl fmt::Display for Failure {
                 f,
                 "Places answered HTTP {http} with JSON that is not a Nearby Search answer"
             ),
+            Failure::Redirect { http } => write!(
+                f,
+                "Places answered HTTP {http}, a redirect; herd does not follow redirects (check places.url)"
+            ),
         }
     }
 }
@@ -346,6 +599,9 @@ impl Upstream {
             .http_status_as_error(false)
             .max_idle_connections(cfg.workers)
             .max_idle_connections_per_host(cfg.workers)
+            // A redirect would carry X-Goog-Api-Key (or the legacy key in the URL) to
+            // wherever it points; 0 makes ureq hand back the 3xx itself.
+            .max_redirects(0)
             .user_agent(concat!("herd/", env!("CARGO_PKG_VERSION")))
             .build();
         Upstream {
@@ -357,11 +613,36 @@ impl Upstream {
         }
     }
 
-    /// The final reply document for `q`, logged with its outcome.
-    fn answer(&self, q: &Query) -> Arc<str> {
+    /// The final reply document for `q` with its status, after at most
+    /// `tuning.max_retries` retries (each only if `may_retry` agrees), logged.
+    fn lookup(
+        &self,
+        q: &Query,
+        tuning: &Tuning,
+        counters: &PlacesCounters,
+        mut may_retry: impl FnMut() -> bool,
+    ) -> Looked {
         let started = Instant::now();
-        let doc = self
-            .call(q)
+        let deadline = started + self.timeout;
+        let mut retries = 0;
+        let result = loop {
+            counters.attempt();
+            let budget = deadline.saturating_duration_since(Instant::now());
+            let (http, result) = self.attempt(q, budget);
+            if retries >= tuning.max_retries || !retryable(http, &result) {
+                break result;
+            }
+            let delay = backoff(tuning.retry_base, retries + 1);
+            // A retry that cannot finish inside the budget would only turn this answer
+            // into a timeout.
+            if Instant::now() + delay + MIN_TRY >= deadline || !may_retry() {
+                break result;
+            }
+            thread::sleep(delay);
+            retries += 1;
+            counters.retry();
+        };
+        let doc = result
             .unwrap_or_else(|f| legacy_json::document(Vec::new(), "UNKNOWN_ERROR", Some(&f.to_string())));
         let status = doc.get("status").and_then(Value::as_str).unwrap_or("?");
         let found = doc.get("results").and_then(Value::as_array).map_or(0, Vec::len);
@@ -374,32 +655,57 @@ impl Upstream {
             Api::Legacy => "legacy",
             Api::New => "new",
         };
+        let tries = match retries {
+            0 => String::new(),
+            n => format!(" after {n} retries"),
+        };
+        let took = started.elapsed();
         let line = format!(
-            "places {api} {},{} radius {} m bound {}: {status}{note}, {found} results, {} ms",
+            "places {api} {},{} radius {} m bound {}: {status}{note}, {found} results, {} ms{tries}",
             q.lat,
             q.lng,
             q.radius_m,
             q.bound,
-            started.elapsed().as_millis()
+            took.as_millis()
         );
         log::info!("{}", self.redact(&line));
-        Arc::from(self.redact(&legacy_json::pretty(&doc)))
-    }
-
-    fn call(&self, q: &Query) -> Result<Value, Failure> {
-        match self.api {
-            Api::Legacy => {
-                let (http, body) = self.legacy_request(q)?;
-                legacy_document(http, &body, q.bound)
-            }
-            Api::New => {
-                let (http, body) = self.new_request(q)?;
-                new_document(http, &body, q.bound)
-            }
+        Looked {
+            status: status.to_string(),
+            doc: Arc::from(self.redact(&legacy_json::pretty(&doc))),
+            took,
         }
     }
 
-    fn legacy_request(&self, q: &Query) -> Result<(u16, Vec<u8>), Failure> {
+    /// One try, no retry: the reply document for `q`.
+    #[cfg(test)]
+    fn answer(&self, q: &Query) -> Arc<str> {
+        let once = Tuning {
+            max_retries: 0,
+            ..Tuning::default()
+        };
+        self.lookup(q, &once, &PlacesCounters::default(), || false).doc
+    }
+
+    /// One HTTP request with `budget` left: the HTTP status if an answer came, and the
+    /// document or what failed.
+    fn attempt(&self, q: &Query, budget: Duration) -> (Option<u16>, Result<Value, Failure>) {
+        let sent = match self.api {
+            Api::Legacy => self.legacy_request(q, budget),
+            Api::New => self.new_request(q, budget),
+        };
+        let (http, body) = match sent {
+            Ok(answer) => answer,
+            Err(f @ Failure::Redirect { http }) => return (Some(http), Err(f)),
+            Err(f) => return (None, Err(f)),
+        };
+        let doc = match self.api {
+            Api::Legacy => legacy_document(http, &body, q.bound),
+            Api::New => new_document(http, &body, q.bound),
+        };
+        (Some(http), doc)
+    }
+
+    fn legacy_request(&self, q: &Query, budget: Duration) -> Result<(u16, Vec<u8>), Failure> {
         let url = format!(
             "{}{LEGACY_PATH}?location={},{}&radius={}&key={}",
             self.base,
@@ -408,10 +714,11 @@ impl Upstream {
             q.radius_m,
             encode(&self.key)
         );
-        self.finish(self.agent.get(&url).call())
+        let request = self.agent.get(&url).config().timeout_global(Some(budget)).build();
+        self.finish(request.call())
     }
 
-    fn new_request(&self, q: &Query) -> Result<(u16, Vec<u8>), Failure> {
+    fn new_request(&self, q: &Query, budget: Duration) -> Result<(u16, Vec<u8>), Failure> {
         let radius = radius_number(&q.radius_m).ok_or_else(|| Failure::BadRadius(q.radius_m.clone()))?;
         let body = json!({
             "maxResultCount": q.bound,
@@ -425,6 +732,9 @@ impl Upstream {
         let sent = self
             .agent
             .post(format!("{}{NEW_PATH}", self.base))
+            .config()
+            .timeout_global(Some(budget))
+            .build()
             .header("X-Goog-Api-Key", &self.key)
             .header("X-Goog-FieldMask", FIELD_MASK)
             .header("Content-Type", "application/json")
@@ -439,6 +749,9 @@ impl Upstream {
     ) -> Result<(u16, Vec<u8>), Failure> {
         let mut response = sent.map_err(|e| self.failure(e))?;
         let http = response.status().as_u16();
+        if (300..400).contains(&http) {
+            return Err(Failure::Redirect { http });
+        }
         let body = response
             .body_mut()
             .with_config()
@@ -473,6 +786,23 @@ impl Upstream {
         }
         text.replace(&self.key, REDACTED)
             .replace(&encode(&self.key), REDACTED)
+    }
+}
+
+/// A lookup's outcome: the reply document and its status, for the counters and breaker.
+struct Looked {
+    doc: Arc<str>,
+    status: String,
+    took: Duration,
+}
+
+/// Google's guidance: retry failed connections, 429 and 5xx; never other 4xx. A timeout
+/// has spent the budget, and a host name that does not resolve will not on a retry.
+fn retryable(http: Option<u16>, result: &Result<Value, Failure>) -> bool {
+    match (http, result) {
+        (Some(code), _) => code == 429 || (500..600).contains(&code),
+        (None, Err(Failure::Refused | Failure::Dropped | Failure::Transport(_))) => true,
+        (None, _) => false,
     }
 }
 
@@ -574,6 +904,7 @@ mod places_stub;
 #[cfg(test)]
 mod tests {
     use super::places_stub::{Behaviour, LEGACY_NO_KEY, NEW_NO_KEY, NEXT_PAGE_TOKEN, PLACES, PlacesStub};
+    use super::stats::BreakerState;
     use super::*;
     use std::sync::Once;
 
@@ -588,6 +919,26 @@ mod tests {
             key_env: "GOOGLE_PLACES_API_KEY".into(),
             timeout: Duration::from_millis(2000),
             workers: 2,
+            max_rps: 0,
+        }
+    }
+
+    // Each distinct test tag stands for its own connection.
+    impl Fair for u32 {
+        fn connection(&self) -> u64 {
+            u64::from(*self)
+        }
+    }
+
+    impl Fair for usize {
+        fn connection(&self) -> u64 {
+            *self as u64
+        }
+    }
+
+    impl Fair for &str {
+        fn connection(&self) -> u64 {
+            RandomState::new().hash_one(self)
         }
     }
 
@@ -864,7 +1215,14 @@ mod tests {
         }
     }
 
-    fn pool<T>(r: &Reactor, api: Api, url: &str, key: Option<&str>, workers: usize, queue: usize) -> Pool<T> {
+    fn pool<T: Fair>(
+        r: &Reactor,
+        api: Api,
+        url: &str,
+        key: Option<&str>,
+        workers: usize,
+        queue: usize,
+    ) -> Pool<T> {
         let mut c = cfg(api, url);
         c.workers = workers;
         Pool::start(&c, key.map(String::from), Arc::clone(&r.waker), queue).unwrap_or_else(|e| panic!("{e}"))
@@ -1038,6 +1396,288 @@ mod tests {
         let started = Instant::now();
         p.shutdown();
         assert!(started.elapsed() < Duration::from_millis(200));
+    }
+
+    // ---- redirects, retries, the breaker, max_rps, fairness, counters ----
+
+    fn quick() -> Tuning {
+        Tuning {
+            retry_base: Duration::from_millis(5),
+            ..Tuning::default()
+        }
+    }
+
+    fn tuned_pool<T: Fair>(r: &Reactor, c: &config::Places, tuning: Tuning) -> Pool<T> {
+        Pool::start_tuned(c, Some(KEY.into()), Arc::clone(&r.waker), 64, tuning)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn at(lat: f64) -> Query {
+        Query { lat, ..query(3) }
+    }
+
+    fn unavailable(v: &Value) -> bool {
+        status(v) == "UNKNOWN_ERROR" && message(v) == UNAVAILABLE
+    }
+
+    #[test]
+    fn redirects_are_not_followed_and_the_key_stays_home() {
+        let home = PlacesStub::start();
+        let elsewhere = PlacesStub::start_on("127.0.0.2");
+        for (api, http, path) in [
+            (Api::New, 302, NEW_PATH),
+            (Api::New, 307, NEW_PATH),
+            (Api::New, 308, NEW_PATH),
+            (Api::Legacy, 301, LEGACY_PATH),
+            (Api::Legacy, 302, LEGACY_PATH),
+        ] {
+            home.set(Behaviour::Redirect {
+                http,
+                location: format!("{}{path}?key={KEY}", elsewhere.url()),
+            });
+            let doc = checked(&upstream(api, &home).answer(&query(3)));
+            assert_eq!(status(&doc), "UNKNOWN_ERROR");
+            assert_eq!(
+                message(&doc),
+                format!(
+                    "Places answered HTTP {http}, a redirect; herd does not follow redirects (check places.url)"
+                )
+            );
+        }
+        assert_eq!(home.requests().len(), 5);
+        assert!(elsewhere.requests().is_empty(), "a redirect was followed");
+        assert_eq!(elsewhere.connections(), 0);
+    }
+
+    #[test]
+    fn failed_connections_429_and_5xx_are_retried_other_4xx_never() {
+        let stub = PlacesStub::start();
+        let up = upstream(Api::New, &stub);
+        let envelope = |http: u16| Behaviour::Envelope {
+            http,
+            status: "X".into(),
+            message: format!("google says {http}"),
+        };
+        let cases = [
+            (vec![envelope(503), envelope(500)], "OK", 3),
+            (vec![envelope(429)], "OK", 2),
+            (vec![Behaviour::Drop], "OK", 2),
+            (vec![Behaviour::NotJson { http: 502 }], "OK", 2),
+            (vec![envelope(400)], "INVALID_REQUEST", 1),
+            (vec![envelope(403)], "REQUEST_DENIED", 1),
+            (vec![envelope(404)], "UNKNOWN_ERROR", 1),
+            (
+                vec![Behaviour::Redirect {
+                    http: 302,
+                    location: "http://127.0.0.1:9/".into(),
+                }],
+                "UNKNOWN_ERROR",
+                1,
+            ),
+            // At most two retries.
+            (
+                vec![envelope(503), envelope(503), envelope(503)],
+                "UNKNOWN_ERROR",
+                3,
+            ),
+        ];
+        for (script, want, calls) in cases {
+            let before = stub.requests().len();
+            stub.script(script.clone());
+            let counters = PlacesCounters::default();
+            let looked = up.lookup(&query(3), &quick(), &counters, || true);
+            assert_eq!(looked.status, want, "{script:?}");
+            checked(&looked.doc);
+            assert_eq!(stub.requests().len() - before, calls, "{script:?}");
+            let s = counters.snapshot();
+            assert_eq!((s.attempts, s.retries), (calls as u64, calls as u64 - 1));
+            stub.script(Vec::new());
+            // Whatever was left of the script must not leak into the next case.
+            while up.lookup(&query(1), &quick(), &counters, || false).status != "OK" {}
+        }
+        // The caller may refuse a retry (the rate cap does).
+        stub.script(vec![envelope(503)]);
+        let before = stub.requests().len();
+        let looked = up.lookup(&query(3), &quick(), &PlacesCounters::default(), || false);
+        assert_eq!(
+            (looked.status.as_str(), stub.requests().len() - before),
+            ("UNKNOWN_ERROR", 1)
+        );
+    }
+
+    #[test]
+    fn retries_stay_inside_the_timeout_budget() {
+        let stub = PlacesStub::start();
+        stub.set(Behaviour::Envelope {
+            http: 503,
+            status: "UNAVAILABLE".into(),
+            message: "down".into(),
+        });
+        let mut c = cfg(Api::New, &stub.url());
+        // The first backoff (50 ms at least) does not fit: no retry at all.
+        c.timeout = Duration::from_millis(40);
+        let slow = Tuning {
+            retry_base: Duration::from_millis(100),
+            ..Tuning::default()
+        };
+        let looked =
+            Upstream::new(&c, KEY.into()).lookup(&query(3), &slow, &PlacesCounters::default(), || true);
+        assert_eq!(looked.status, "UNKNOWN_ERROR");
+        assert_eq!(stub.requests().len(), 1);
+        // A retry that hangs: the whole lookup still ends by the deadline.
+        stub.set(Behaviour::Delay(Duration::from_millis(1000)));
+        stub.script(vec![Behaviour::Drop]);
+        c.timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let looked =
+            Upstream::new(&c, KEY.into()).lookup(&query(3), &quick(), &PlacesCounters::default(), || true);
+        assert!(
+            started.elapsed() < Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(looked.status, "UNKNOWN_ERROR");
+        assert!(message(&checked(&looked.doc)).contains("timed out after 300 ms"));
+    }
+
+    #[test]
+    fn breaker_opens_answers_at_once_and_one_probe_decides() {
+        let stub = PlacesStub::start();
+        stub.set(Behaviour::NotJson { http: 200 });
+        let mut r = reactor();
+        let tuning = Tuning {
+            breaker_open: Duration::from_millis(300),
+            ..quick()
+        };
+        let mut p: Pool<u32> = tuned_pool(&r, &cfg(Api::New, &stub.url()), tuning);
+        for i in 0..5 {
+            assert_eq!(p.submit(i, at(f64::from(i))), Submit::Queued);
+            collect(&mut r, &mut p, 1);
+        }
+        assert_eq!(p.stats().breaker, BreakerState::Open);
+        let started = Instant::now();
+        assert!(unavailable(&now(p.submit(9, at(9.0)))));
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(stub.requests().len(), 5, "no call while open");
+        // After the pause a probe goes out; others are still refused while it is out.
+        thread::sleep(Duration::from_millis(320));
+        stub.set(Behaviour::Delay(Duration::from_millis(100)));
+        stub.script(vec![Behaviour::NotJson { http: 200 }]);
+        assert_eq!(p.submit(10, at(10.0)), Submit::Queued);
+        assert_eq!(p.stats().breaker, BreakerState::Probing);
+        assert!(unavailable(&now(p.submit(11, at(11.0)))));
+        // A lookup identical to the probe shares it.
+        assert_eq!(p.submit(12, at(10.0)), Submit::Queued);
+        let got = collect(&mut r, &mut p, 2);
+        assert!(got.iter().all(|(_, a)| status(&checked(a)) == "UNKNOWN_ERROR"));
+        assert_eq!(p.stats().breaker, BreakerState::Open, "a failed probe reopens");
+        assert!(unavailable(&now(p.submit(13, at(13.0)))));
+        thread::sleep(Duration::from_millis(320));
+        assert_eq!(p.submit(14, at(14.0)), Submit::Queued);
+        let got = collect(&mut r, &mut p, 1);
+        assert_eq!(status(&checked(&got[0].1)), "OK");
+        let s = p.stats();
+        assert_eq!(
+            (s.breaker, s.breaker_opened, s.breaker_refused),
+            (BreakerState::Closed, 2, 3)
+        );
+        assert_eq!(p.submit(15, at(15.0)), Submit::Queued);
+        assert_eq!(collect(&mut r, &mut p, 1).len(), 1);
+        assert_eq!(stub.requests().len(), 8);
+    }
+
+    #[test]
+    fn calls_queued_before_the_breaker_opened_are_not_made() {
+        let stub = PlacesStub::start();
+        stub.set(Behaviour::NotJson { http: 200 });
+        let mut r = reactor();
+        let mut c = cfg(Api::New, &stub.url());
+        c.workers = 1;
+        let mut p: Pool<u32> = tuned_pool(&r, &c, quick());
+        for i in 0..8 {
+            assert_eq!(p.submit(i, at(f64::from(i))), Submit::Queued);
+        }
+        let got = collect(&mut r, &mut p, 8);
+        assert_eq!(got.iter().filter(|(_, a)| unavailable(&checked(a))).count(), 3);
+        assert_eq!(stub.requests().len(), 5);
+    }
+
+    #[test]
+    fn max_rps_answers_over_query_limit_at_once() {
+        let stub = PlacesStub::start();
+        let mut r = reactor();
+        let mut c = cfg(Api::New, &stub.url());
+        c.max_rps = 2;
+        let mut p: Pool<u32> = tuned_pool(&r, &c, quick());
+        assert_eq!(p.submit(1, at(1.0)), Submit::Queued);
+        assert_eq!(p.submit(2, at(2.0)), Submit::Queued);
+        let doc = now(p.submit(3, at(3.0)));
+        assert_eq!(status(&doc), "OVER_QUERY_LIMIT");
+        assert!(message(&doc).contains("places.max_rps: 2"), "{doc}");
+        // Joining an identical lookup makes no call, so it needs no token.
+        assert_eq!(p.submit(4, at(2.0)), Submit::Queued);
+        assert_eq!(collect(&mut r, &mut p, 3).len(), 3);
+        assert_eq!(p.stats().rate_limited, 1);
+        assert_eq!(stub.requests().len(), 2);
+        thread::sleep(Duration::from_millis(550));
+        assert_eq!(p.submit(5, at(5.0)), Submit::Queued);
+        assert_eq!(collect(&mut r, &mut p, 1).len(), 1);
+    }
+
+    #[test]
+    fn a_newcomer_is_not_queued_behind_a_flood() {
+        let stub = PlacesStub::start();
+        stub.set(Behaviour::Delay(Duration::from_millis(30)));
+        let mut r = reactor();
+        let mut c = cfg(Api::New, &stub.url());
+        c.workers = 1;
+        let mut p: Pool<u32> = tuned_pool(&r, &c, quick());
+        // Connection 1 queues 30 lookups, then connection 2 asks for one.
+        for i in 0..30 {
+            assert_eq!(p.submit(1, at(f64::from(i))), Submit::Queued);
+        }
+        stub.wait_requests(1, WAIT);
+        assert_eq!(p.submit(2, at(-1.0)), Submit::Queued);
+        let got = collect(&mut r, &mut p, 31);
+        let pos = got.iter().position(|(t, _)| *t == 2);
+        assert!(pos.is_some_and(|i| i <= 2), "answered as number {pos:?} of 31");
+        // Connection 1's own lookups were made in its order.
+        let lats: Vec<f64> = stub
+            .requests()
+            .iter()
+            .filter_map(|r| {
+                r.json()?
+                    .pointer("/locationRestriction/circle/center/latitude")?
+                    .as_f64()
+            })
+            .filter(|&l| l >= 0.0)
+            .collect();
+        assert_eq!(lats, (0..30).map(f64::from).collect::<Vec<_>>());
+        let s = p.stats();
+        assert_eq!((s.queue_depth, s.in_flight, s.latency_count), (0, 0, 31));
+        assert_eq!(s.calls[0], ("OK", 31));
+        assert!(s.latency_sum_seconds >= 31.0 * 0.03, "{s:?}");
+    }
+
+    #[test]
+    fn a_shared_lookup_starts_at_the_turn_of_whoever_comes_first() {
+        let stub = PlacesStub::start();
+        stub.set(Behaviour::Delay(Duration::from_millis(30)));
+        let mut r = reactor();
+        let mut c = cfg(Api::New, &stub.url());
+        c.workers = 1;
+        let mut p: Pool<u32> = tuned_pool(&r, &c, quick());
+        for i in 0..20 {
+            assert_eq!(p.submit(1, at(f64::from(i))), Submit::Queued);
+        }
+        stub.wait_requests(1, WAIT);
+        // Connection 2 asks for what connection 1 queued last.
+        assert_eq!(p.submit(2, at(19.0)), Submit::Queued);
+        let got = collect(&mut r, &mut p, 21);
+        let pos = got.iter().position(|(t, _)| *t == 2);
+        assert!(pos.is_some_and(|i| i <= 2), "answered as number {pos:?}");
+        assert_eq!(stub.requests().len(), 20, "still one call for both");
+        assert_eq!(p.stats().shared, 1);
     }
 
     // ---- real HTTP against the stub: legacy ----

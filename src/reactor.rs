@@ -77,6 +77,13 @@ pub struct Tag {
     seq: u64,
 }
 
+/// Places lookups are served round-robin over connections: one per (slot, generation).
+impl places::Fair for Tag {
+    fn connection(&self) -> u64 {
+        (self.token as u64) ^ (u64::from(self.generation) << 32)
+    }
+}
+
 /// Timer payloads.
 enum Timer {
     RetryAccept,

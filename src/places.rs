@@ -48,6 +48,8 @@ const MAX_BODY: u64 = 4 << 20;
 /// How long `shutdown` waits for workers before leaving them to end with the process.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
 const REDACTED: &str = "<key>";
+/// How std words a failed name lookup (it has no ErrorKind for it).
+const NO_ADDRESS: &str = "failed to lookup address information";
 const UNAVAILABLE: &str = "Places upstream unavailable";
 /// A retry is only made if at least this much of the budget is left after its backoff.
 const MIN_TRY: Duration = Duration::from_millis(10);
@@ -767,6 +769,8 @@ impl Upstream {
             ureq::Error::Timeout(_) => Failure::TimedOut(self.timeout),
             ureq::Error::HostNotFound => Failure::HostNotFound,
             ureq::Error::BodyExceedsLimit(_) => Failure::TooLarge,
+            // getaddrinfo's failures reach us as an uncategorised io::Error from std.
+            ureq::Error::Io(io) if io.to_string().starts_with(NO_ADDRESS) => Failure::HostNotFound,
             ureq::Error::Io(io) => match io.kind() {
                 K::ConnectionRefused => Failure::Refused,
                 K::TimedOut | K::WouldBlock => Failure::TimedOut(self.timeout),

@@ -1,6 +1,6 @@
-//! WHATSAT through the real binary against the local Places imitation (SPEC §2): request
-//! shape for both APIs, every error path, bounds, ordering, concurrency and the key's
-//! secrecy.
+//! WHATSAT through the real binary against the local Places imitation (SPEC §2, §7):
+//! request shape for both APIs, every error path, bounds, ordering, concurrency, the key's
+//! secrecy, redirects, fairness, retries, `places.max_rps` and the circuit breaker.
 
 mod support;
 
@@ -140,25 +140,27 @@ fn google_errors_and_transport_failures_map_to_legacy_statuses() {
         status: st.into(),
         message: format!("google says {http}"),
     };
+    // Failures alternate with Google's own errors: five failed calls in a row would open
+    // the breaker (tested on its own below).
     let cases: Vec<(Behaviour, &str, &str)> = vec![
+        (envelope(500, "INTERNAL"), "UNKNOWN_ERROR", "google says 500"),
         (
             envelope(400, "INVALID_ARGUMENT"),
             "INVALID_REQUEST",
             "google says 400",
         ),
+        (Behaviour::NotJson { http: 200 }, "UNKNOWN_ERROR", "JSON"),
         (
             envelope(403, "PERMISSION_DENIED"),
             "REQUEST_DENIED",
             "google says 403",
         ),
+        (Behaviour::NotJson { http: 502 }, "UNKNOWN_ERROR", "502"),
         (
             envelope(429, "RESOURCE_EXHAUSTED"),
             "OVER_QUERY_LIMIT",
             "google says 429",
         ),
-        (envelope(500, "INTERNAL"), "UNKNOWN_ERROR", "google says 500"),
-        (Behaviour::NotJson { http: 200 }, "UNKNOWN_ERROR", "JSON"),
-        (Behaviour::NotJson { http: 502 }, "UNKNOWN_ERROR", "502"),
         (Behaviour::Drop, "UNKNOWN_ERROR", ""),
         (
             Behaviour::Delay(Duration::from_millis(2500)),
@@ -398,4 +400,239 @@ fn the_key_never_reaches_logs_or_replies() {
     .expect("Places calls logged");
     assert!(!log.contains(KEY), "key in the log");
     assert!(!log.contains("5ecr3t"), "part of the key in the log");
+}
+
+/// One server with `places:` settings `extra` (YAML flow entries) pointed at `url`.
+fn herd_at(url: &str, extra: &str) -> Herd {
+    let yaml = format!("places: {{ api: new, url: '{url}', workers: 2{extra} }}\nlog: {{ dir: logs, level: debug }}\n");
+    let mut h = Herd::new(&[("Alpha", &[])], &yaml);
+    h.env.push(("GOOGLE_PLACES_API_KEY".into(), KEY.into()));
+    h.start("Alpha");
+    h
+}
+
+fn message(v: &Value) -> &str {
+    v["error_message"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn redirects_are_not_followed_and_the_other_host_never_sees_the_key() {
+    let elsewhere = PlacesStub::start_on("127.0.0.2");
+    for (api, path) in [("new", NEW_PATH), ("legacy", LEGACY_PATH)] {
+        let home = PlacesStub::start();
+        let h = herd_with(&home, api, 2, 2000, Some(KEY));
+        let mut c = h.client("Alpha");
+        c.ask(KIWI);
+        for (i, http) in [301, 302, 307, 308].into_iter().enumerate() {
+            home.set(Behaviour::Redirect {
+                http,
+                location: format!("{}{path}", elsewhere.url()),
+            });
+            let (_, v, text) = whatsat(&mut c, &format!("WHATSAT kiwi {} 5", i + 1));
+            assert_eq!(status(&v), "UNKNOWN_ERROR", "{api} {http}");
+            assert!(message(&v).contains(&format!("HTTP {http}, a redirect")), "{v}");
+            assert!(!text.contains(KEY));
+        }
+        assert_eq!(home.requests().len(), 4, "{api}: no retry of a redirect");
+        assert!(!h.log("Alpha").contains(KEY));
+    }
+    assert!(elsewhere.requests().is_empty(), "a redirect was followed");
+    assert_eq!(elsewhere.connections(), 0);
+}
+
+#[test]
+fn a_flood_on_other_connections_delays_a_lookup_by_at_most_a_call_per_worker() {
+    let stub = PlacesStub::start();
+    stub.set(Behaviour::Delay(Duration::from_millis(200)));
+    let workers = 2;
+    let h = herd_with(&stub, "new", workers, 5000, Some(KEY));
+    let mut setup = h.client("Alpha");
+    setup.ask(KIWI);
+    setup.ask(&format!("IAMAT victim +10.5+20.5 {}", now_text()));
+    // Four connections queue 40 distinct lookups each.
+    let mut flood = Vec::new();
+    for conn in 0..4 {
+        let mut c = h.client("Alpha");
+        let mut batch = String::new();
+        for i in 0..40 {
+            batch += &format!("WHATSAT kiwi {}.{conn} {}\n", i + 1, conn + 1);
+        }
+        c.send(batch);
+        flood.push(c);
+    }
+    let before = stub.wait_requests(6, DEADLINE).len();
+    assert!(before >= 6);
+    let mut victim = h.client("Alpha");
+    let asked = Instant::now();
+    let (_, v, _) = whatsat(&mut victim, "WHATSAT victim 10 3");
+    let waited = asked.elapsed();
+    assert_eq!(status(&v), "OK");
+    let reqs = stub.requests();
+    let victims_call = reqs
+        .iter()
+        .position(|r| r.json().is_some_and(|b| b["locationRestriction"]["circle"]["center"]["latitude"] == 10.5))
+        .expect("the victim's call was made");
+    // Calls started after the victim asked and before its own: at most the ones that were
+    // in flight plus one per worker.
+    assert!(
+        victims_call <= before + 2 * workers,
+        "victim's call was number {victims_call}, {before} made before it asked; waited {waited:?}"
+    );
+    drop(flood);
+}
+
+#[test]
+fn failed_connections_and_5xx_are_retried_other_4xx_never() {
+    let stub = PlacesStub::start();
+    let h = herd_with(&stub, "new", 2, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let envelope = |http: u16| Behaviour::Envelope {
+        http,
+        status: "UNAVAILABLE".into(),
+        message: format!("google says {http}"),
+    };
+    stub.script(vec![envelope(503), Behaviour::Drop]);
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 10 5");
+    assert_eq!(status(&v), "OK", "{v}");
+    assert_eq!(stub.requests().len(), 3, "two retries");
+    stub.script(vec![envelope(429)]);
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 11 5");
+    assert_eq!(status(&v), "OK", "{v}");
+    assert_eq!(stub.requests().len(), 5);
+    // Never more than two retries.
+    stub.script(vec![envelope(500), envelope(502), envelope(503), envelope(504)]);
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 12 5");
+    assert_eq!((status(&v), message(&v)), ("UNKNOWN_ERROR", "google says 503"));
+    assert_eq!(stub.requests().len(), 8);
+    stub.script(Vec::new());
+    stub.set(envelope(400));
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 13 5");
+    assert_eq!(status(&v), "INVALID_REQUEST");
+    assert_eq!(stub.requests().len(), 10, "a 400 is not retried (the 504 was left over)");
+    let logged = eventually(DEADLINE, || {
+        let l = h.log("Alpha");
+        (l.contains("OK, 5 results, ") && l.contains(" ms after 2 retries")).then_some(())
+    });
+    assert!(logged.is_some(), "{}", h.log("Alpha"));
+}
+
+#[test]
+fn max_rps_answers_over_query_limit_at_once_without_a_call() {
+    let stub = PlacesStub::start();
+    let h = herd_at(&stub.url(), ", max_rps: 2");
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let mut batch = String::new();
+    for i in 0..5 {
+        batch += &format!("WHATSAT kiwi {} 5\n", i + 1);
+    }
+    c.send(batch);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let (_, json) = c.whatsat_reply();
+        let v: Value = serde_json::from_str(&json).expect("json");
+        got.push(status(&v).to_string());
+        if status(&v) == "OVER_QUERY_LIMIT" {
+            assert!(message(&v).contains("places.max_rps: 2"), "{v}");
+        }
+    }
+    assert_eq!(got, ["OK", "OK", "OVER_QUERY_LIMIT", "OVER_QUERY_LIMIT", "OVER_QUERY_LIMIT"]);
+    assert_eq!(stub.requests().len(), 2);
+    // The bucket refills at 2 per second.
+    let ok = eventually(DEADLINE, || {
+        std::thread::sleep(Duration::from_millis(100));
+        let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 20 5");
+        (status(&v) == "OK").then_some(())
+    });
+    assert!(ok.is_some());
+    assert_eq!(stub.requests().len(), 3);
+}
+
+#[test]
+fn breaker_opens_after_five_failed_calls_for_ten_seconds_then_one_probe_decides() {
+    let stub = PlacesStub::start();
+    // Not JSON with HTTP 200: a failure that is not retried, so each lookup is one call.
+    stub.set(Behaviour::NotJson { http: 200 });
+    let h = herd_with(&stub, "new", 2, 2000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    for i in 0..5 {
+        let (_, v, _) = whatsat(&mut c, &format!("WHATSAT kiwi {} 5", i + 1));
+        assert!(message(&v).contains("not JSON"), "{v}");
+    }
+    let opened = Instant::now();
+    stub.set(Behaviour::Normal);
+    let t = Instant::now();
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 10 5");
+    let fast_fail = t.elapsed();
+    assert_eq!((status(&v), message(&v)), ("UNKNOWN_ERROR", "Places upstream unavailable"));
+    assert_eq!(stub.requests().len(), 5, "no call while the upstream is down");
+    let log = eventually(DEADLINE, || {
+        let l = h.log("Alpha");
+        l.contains("upstream down after 5 failed calls in a row").then_some(l)
+    });
+    assert!(log.is_some(), "the state change is logged");
+    // Down for 10 s, then the first lookup is the probe.
+    let mut refused = 0;
+    let recovered = loop {
+        let (_, v, _) = whatsat(&mut c, &format!("WHATSAT kiwi 11.{refused} 5"));
+        if status(&v) == "OK" {
+            break opened.elapsed();
+        }
+        assert_eq!(message(&v), "Places upstream unavailable");
+        refused += 1;
+        assert!(opened.elapsed() < Duration::from_secs(15), "never recovered");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(recovered >= Duration::from_millis(9900), "open only {recovered:?}");
+    assert_eq!(stub.requests().len(), 6, "one probe call");
+    let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 12 5");
+    assert_eq!(status(&v), "OK");
+    let logged = eventually(DEADLINE, || {
+        let l = h.log("Alpha");
+        (l.contains("breaker half-open") && l.contains("upstream up again")).then_some(())
+    });
+    assert!(logged.is_some(), "{}", h.log("Alpha"));
+    eprintln!("breaker fast-fail: {fast_fail:?}");
+}
+
+#[test]
+fn an_upstream_host_name_that_does_not_resolve_is_unknown_error() {
+    let h = herd_at("http://nonexistent.invalid", ", timeout_ms: 3000");
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let (_, v, text) = whatsat(&mut c, "WHATSAT kiwi 10 5");
+    assert_eq!(
+        (status(&v), message(&v)),
+        ("UNKNOWN_ERROR", "Places request failed: host not found")
+    );
+    assert_eq!(results(&v), 0);
+    assert!(!text.contains(KEY));
+    let log = eventually(DEADLINE, || {
+        let l = h.log("Alpha");
+        l.contains("host not found").then_some(l)
+    })
+    .expect("the failed call is logged");
+    assert!(!log.contains(KEY));
+}
+
+#[test]
+fn retries_hide_occasional_503s() {
+    let stub = PlacesStub::start();
+    stub.set(Behaviour::Flaky {
+        per_cent: 10,
+        http: 503,
+    });
+    let h = herd_with(&stub, "new", 2, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let lookups = 40;
+    for i in 0..lookups {
+        let (_, v, _) = whatsat(&mut c, &format!("WHATSAT kiwi {}.5 3", i + 1));
+        assert_eq!(status(&v), "OK", "lookup {i}: {v}");
+    }
+    let calls = stub.requests().len();
+    assert!(calls > lookups && calls < lookups * 13 / 10, "{calls} calls");
+    eprintln!("calls per WHATSAT under 10% 503s: {:.3}", calls as f64 / lookups as f64);
 }

@@ -640,6 +640,20 @@ impl Upstream {
             if Instant::now() + delay + MIN_TRY >= deadline || !may_retry() {
                 break result;
             }
+            if let Err(f) = &result {
+                let why = self.redact(&f.to_string());
+                log::debug!(
+                    "places: try {} failed ({why}); retrying in {} ms",
+                    retries + 1,
+                    delay.as_millis()
+                );
+            } else if let Some(code) = http {
+                log::debug!(
+                    "places: try {} answered HTTP {code}; retrying in {} ms",
+                    retries + 1,
+                    delay.as_millis()
+                );
+            }
             thread::sleep(delay);
             retries += 1;
             counters.retry();

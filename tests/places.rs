@@ -404,7 +404,9 @@ fn the_key_never_reaches_logs_or_replies() {
 
 /// One server with `places:` settings `extra` (YAML flow entries) pointed at `url`.
 fn herd_at(url: &str, extra: &str) -> Herd {
-    let yaml = format!("places: {{ api: new, url: '{url}', workers: 2{extra} }}\nlog: {{ dir: logs, level: debug }}\n");
+    let yaml = format!(
+        "places: {{ api: new, url: '{url}', workers: 2{extra} }}\nlog: {{ dir: logs, level: debug }}\n"
+    );
     let mut h = Herd::new(&[("Alpha", &[])], &yaml);
     h.env.push(("GOOGLE_PLACES_API_KEY".into(), KEY.into()));
     h.start("Alpha");
@@ -471,7 +473,10 @@ fn a_flood_on_other_connections_delays_a_lookup_by_at_most_a_call_per_worker() {
     let reqs = stub.requests();
     let victims_call = reqs
         .iter()
-        .position(|r| r.json().is_some_and(|b| b["locationRestriction"]["circle"]["center"]["latitude"] == 10.5))
+        .position(|r| {
+            r.json()
+                .is_some_and(|b| b["locationRestriction"]["circle"]["center"]["latitude"] == 10.5)
+        })
         .expect("the victim's call was made");
     // Calls started after the victim asked and before its own: at most the ones that were
     // in flight plus one per worker.
@@ -510,7 +515,11 @@ fn failed_connections_and_5xx_are_retried_other_4xx_never() {
     stub.set(envelope(400));
     let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 13 5");
     assert_eq!(status(&v), "INVALID_REQUEST");
-    assert_eq!(stub.requests().len(), 10, "a 400 is not retried (the 504 was left over)");
+    assert_eq!(
+        stub.requests().len(),
+        10,
+        "a 400 is not retried (the 504 was left over)"
+    );
     let logged = eventually(DEADLINE, || {
         let l = h.log("Alpha");
         (l.contains("OK, 5 results, ") && l.contains(" ms after 2 retries")).then_some(())
@@ -538,7 +547,16 @@ fn max_rps_answers_over_query_limit_at_once_without_a_call() {
             assert!(message(&v).contains("places.max_rps: 2"), "{v}");
         }
     }
-    assert_eq!(got, ["OK", "OK", "OVER_QUERY_LIMIT", "OVER_QUERY_LIMIT", "OVER_QUERY_LIMIT"]);
+    assert_eq!(
+        got,
+        [
+            "OK",
+            "OK",
+            "OVER_QUERY_LIMIT",
+            "OVER_QUERY_LIMIT",
+            "OVER_QUERY_LIMIT"
+        ]
+    );
     assert_eq!(stub.requests().len(), 2);
     // The bucket refills at 2 per second.
     let ok = eventually(DEADLINE, || {
@@ -567,11 +585,15 @@ fn breaker_opens_after_five_failed_calls_for_ten_seconds_then_one_probe_decides(
     let t = Instant::now();
     let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 10 5");
     let fast_fail = t.elapsed();
-    assert_eq!((status(&v), message(&v)), ("UNKNOWN_ERROR", "Places upstream unavailable"));
+    assert_eq!(
+        (status(&v), message(&v)),
+        ("UNKNOWN_ERROR", "Places upstream unavailable")
+    );
     assert_eq!(stub.requests().len(), 5, "no call while the upstream is down");
     let log = eventually(DEADLINE, || {
         let l = h.log("Alpha");
-        l.contains("upstream down after 5 failed calls in a row").then_some(l)
+        l.contains("upstream down after 5 failed calls in a row")
+            .then_some(l)
     });
     assert!(log.is_some(), "the state change is logged");
     // Down for 10 s, then the first lookup is the probe.
@@ -586,7 +608,10 @@ fn breaker_opens_after_five_failed_calls_for_ten_seconds_then_one_probe_decides(
         assert!(opened.elapsed() < Duration::from_secs(15), "never recovered");
         std::thread::sleep(Duration::from_millis(250));
     };
-    assert!(recovered >= Duration::from_millis(9900), "open only {recovered:?}");
+    assert!(
+        recovered >= Duration::from_millis(9900),
+        "open only {recovered:?}"
+    );
     assert_eq!(stub.requests().len(), 6, "one probe call");
     let (_, v, _) = whatsat(&mut c, "WHATSAT kiwi 12 5");
     assert_eq!(status(&v), "OK");
@@ -635,5 +660,124 @@ fn retries_hide_occasional_503s() {
     }
     let calls = stub.requests().len();
     assert!(calls > lookups && calls < lookups * 13 / 10, "{calls} calls");
-    eprintln!("calls per WHATSAT under 10% 503s: {:.3}", calls as f64 / lookups as f64);
+    eprintln!(
+        "calls per WHATSAT under 10% 503s: {:.3}",
+        calls as f64 / lookups as f64
+    );
+}
+
+/// Issue 13's "Measure" figures, printed (`cargo test --test places measure -- --ignored
+/// --nocapture`); `HERD_MEASURE_BIN` runs another build of herd instead (e.g. one
+/// without the fair queue), as long as it reads the same herd.yml keys.
+#[test]
+#[ignore]
+fn measure_starved_client_breaker_and_calls_per_lookup() {
+    use std::io::{BufRead, BufReader, Write};
+    let bin = std::env::var("HERD_MEASURE_BIN").unwrap_or_else(|_| BIN.to_string());
+    let stub = PlacesStub::start();
+    stub.set(Behaviour::Delay(Duration::from_millis(200)));
+    let extra = format!(
+        "places: {{ api: new, url: '{}', workers: 2, timeout_ms: 5000 }}\nlog: {{ dir: logs, level: info }}\n",
+        stub.url()
+    );
+    let mut h = Herd::new(&[("Alpha", &[])], &extra);
+    let port = h.port("Alpha");
+    let child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&h.config)
+        .arg("Alpha")
+        .env("GOOGLE_PLACES_API_KEY", KEY)
+        .env_remove("HERD_PLACES_URL")
+        .env_remove("HERD_PLACES_API")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn herd");
+    h.servers.push(Server {
+        name: "Alpha".into(),
+        child,
+        port,
+    });
+    eventually(DEADLINE, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .expect("listening");
+    let mut setup = h.client("Alpha");
+    setup.ask(KIWI);
+    setup.ask(&format!("IAMAT victim +10.5+20.5 {}", now_text()));
+    // Another client: 10 connections × 60 distinct lookups (64 may wait per connection).
+    let mut flood = Vec::new();
+    for conn in 0..10 {
+        let mut c = h.client("Alpha");
+        let mut batch = String::new();
+        for i in 0..60 {
+            batch += &format!("WHATSAT kiwi {}.{conn} 2\n", i + 1);
+        }
+        c.send(batch);
+        flood.push(c);
+    }
+    // The second victim asks once the flood's first round is over (a first-come first-served
+    // build has drained its queue by then, so only the first figure compares).
+    let victims = if bin == BIN { 2 } else { 1 };
+    for (n, after) in [4, 24].into_iter().enumerate().take(victims) {
+        stub.wait_requests(after, Duration::from_secs(60));
+        let mut victim = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        victim
+            .set_read_timeout(Some(Duration::from_secs(180)))
+            .expect("timeout");
+        let asked = Instant::now();
+        writeln!(victim, "WHATSAT victim {} 3", 10 + n).expect("send");
+        let mut first = String::new();
+        BufReader::new(&victim).read_line(&mut first).expect("reply");
+        let waited = asked.elapsed();
+        eprintln!(
+            "MEASURE starved client's wait, 600 lookups queued by another client on 10 connections, {after} calls already made, 200 ms upstream, 2 workers: {waited:?} ({bin})"
+        );
+    }
+    drop(flood);
+    drop(h);
+    if std::env::var("HERD_MEASURE_BIN").is_ok() {
+        return;
+    }
+    // The breaker's fast-fail latency, and calls per lookup with 10% 503s.
+    stub.set(Behaviour::NotJson { http: 200 });
+    let h = herd_with(&stub, "new", 2, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    for i in 0..5 {
+        whatsat(&mut c, &format!("WHATSAT kiwi {} 5", i + 1));
+    }
+    let mut took: Vec<Duration> = (0..200)
+        .map(|i| {
+            let t = Instant::now();
+            let (_, v, _) = whatsat(&mut c, &format!("WHATSAT kiwi 20.{i} 5"));
+            assert_eq!(message(&v), "Places upstream unavailable");
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    eprintln!(
+        "MEASURE breaker fast-fail round trip over 200 WHATSATs: median {:?}, p99 {:?}, max {:?}",
+        took[100], took[198], took[199]
+    );
+    drop(h);
+    let before = stub.requests().len();
+    stub.set(Behaviour::Flaky {
+        per_cent: 10,
+        http: 503,
+    });
+    let h = herd_with(&stub, "new", 2, 5000, Some(KEY));
+    let mut c = h.client("Alpha");
+    c.ask(KIWI);
+    let n = 500;
+    let mut ok = 0;
+    for i in 0..n {
+        let (_, v, _) = whatsat(&mut c, &format!("WHATSAT kiwi 30.{i} 5"));
+        ok += usize::from(status(&v) == "OK");
+    }
+    let calls = stub.requests().len() - before;
+    eprintln!(
+        "MEASURE 10% injected 503s: {n} WHATSATs, {calls} calls ({:.3} per WHATSAT), {ok} answered OK",
+        calls as f64 / n as f64
+    );
 }

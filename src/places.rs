@@ -1645,7 +1645,7 @@ mod tests {
     #[test]
     fn a_newcomer_is_not_queued_behind_a_flood() {
         let stub = PlacesStub::start();
-        stub.set(Behaviour::Delay(Duration::from_millis(30)));
+        stub.set(Behaviour::Delay(Duration::from_millis(50)));
         let mut r = reactor();
         let mut c = cfg(Api::New, &stub.url());
         c.workers = 1;
@@ -1658,7 +1658,7 @@ mod tests {
         assert_eq!(p.submit(2, at(-1.0)), Submit::Queued);
         let got = collect(&mut r, &mut p, 31);
         let pos = got.iter().position(|(t, _)| *t == 2);
-        assert!(pos.is_some_and(|i| i <= 2), "answered as number {pos:?} of 31");
+        assert!(pos.is_some_and(|i| i <= 3), "answered as number {pos:?} of 31");
         // Connection 1's own lookups were made in its order.
         let lats: Vec<f64> = stub
             .requests()
@@ -1674,13 +1674,13 @@ mod tests {
         let s = p.stats();
         assert_eq!((s.queue_depth, s.in_flight, s.latency_count), (0, 0, 31));
         assert_eq!(s.calls[0], ("OK", 31));
-        assert!(s.latency_sum_seconds >= 31.0 * 0.03, "{s:?}");
+        assert!(s.latency_sum_seconds >= 31.0 * 0.05, "{s:?}");
     }
 
     #[test]
     fn a_shared_lookup_starts_at_the_turn_of_whoever_comes_first() {
         let stub = PlacesStub::start();
-        stub.set(Behaviour::Delay(Duration::from_millis(30)));
+        stub.set(Behaviour::Delay(Duration::from_millis(50)));
         let mut r = reactor();
         let mut c = cfg(Api::New, &stub.url());
         c.workers = 1;
@@ -1693,7 +1693,7 @@ mod tests {
         assert_eq!(p.submit(2, at(19.0)), Submit::Queued);
         let got = collect(&mut r, &mut p, 21);
         let pos = got.iter().position(|(t, _)| *t == 2);
-        assert!(pos.is_some_and(|i| i <= 2), "answered as number {pos:?}");
+        assert!(pos.is_some_and(|i| i <= 3), "answered as number {pos:?}");
         assert_eq!(stub.requests().len(), 20, "still one call for both");
         assert_eq!(p.stats().shared, 1);
     }

@@ -126,14 +126,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl PlacesStub {
     /// Listens on an ephemeral port of 127.0.0.1. Panics if it cannot: it is test code.
     pub fn start() -> PlacesStub {
-        let listener = match TcpListener::bind("127.0.0.1:0") {
-            Ok(l) => l,
-            Err(e) => panic!("places stub: cannot listen: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => panic!("places stub: no local address: {e}"),
-        };
+        match PlacesStub::start_on(0) {
+            Ok(s) => s,
+            Err(e) => panic!("places stub: {e}"),
+        }
+    }
+
+    /// Listens on `port` of 127.0.0.1 (0: any free one), for the places-stub program.
+    pub fn start_on(port: u16) -> io::Result<PlacesStub> {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
+        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour::Normal),
             requests: Mutex::new(Vec::new()),
@@ -145,16 +148,12 @@ impl PlacesStub {
         let s = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name("places-stub".into())
-            .spawn(move || accept_loop(listener, s));
-        let accept = match accept {
-            Ok(h) => h,
-            Err(e) => panic!("places stub: cannot spawn: {e}"),
-        };
-        PlacesStub {
+            .spawn(move || accept_loop(listener, s))?;
+        Ok(PlacesStub {
             addr,
             shared,
             accept: Some(accept),
-        }
+        })
     }
 
     pub fn url(&self) -> String {

@@ -63,7 +63,8 @@ TIME:
 OUTPUT:
     --json                 one JSON object on stdout (figures and parameters)
     --svg FILE             also write the run's latency by percentile as an SVG plot
-    --quiet                no progress lines on stderr
+    --quiet                no progress lines on stderr (nor, with --json, the warnings:
+                           they are in the JSON's warnings)
     -h, --help             this text
     -V, --version          the version
 

@@ -425,7 +425,7 @@ fn run_load(a: &Args, targets: &[Target], idle: Option<&mut idle::Idle>) -> Resu
             None => warnings::Logging::Unknown,
         },
     });
-    if a.json {
+    if a.json && !a.quiet {
         // The JSON goes to a file or a pipe: say it where a person looks too.
         for w in &warnings {
             eprintln!("loadgen: WARNING: {w}");

@@ -1,38 +1,128 @@
 #!/usr/bin/env bash
-# Stops the herd, or the named servers, that ./run.sh started: only the PIDs it recorded.
-#   ./stop.sh [NAME...]
-# Each server gets SIGTERM (it closes its ports and exits within a second); one that is
-# still alive after 5 s gets SIGKILL. PID files of processes that are gone are removed.
+# Stops the herd, or the named servers, that ./run.sh started: see usage() below.
+# Only the PIDs run.sh recorded are signalled, and only while they are still that server.
+# Every server gets SIGTERM at once, then the script waits for all of them together and
+# returns as soon as they are gone; a zombie (exited, not yet reaped by its parent) counts
+# as gone, which `kill -0` alone would not see.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+config=${HERD_CONFIG:-$here/herd.yml}
 run_dir=${HERD_RUN_DIR:-$here/run}
+bin=${HERD_BIN:-$here/target/release/herd}
+grace=5 # seconds between SIGTERM and SIGKILL
+
+usage() {
+  cat <<EOF
+Usage: ./stop.sh [NAME...]
+Stops the named servers (default: every server ./run.sh started) with SIGTERM, and
+SIGKILL for one still alive after $grace s. Returns as soon as they have exited.
+
+  NAME          a server of the config
+  -h, --help    this text
+
+Only processes recorded in run/NAME.pid are signalled; a server started by hand is left
+alone. PID and stderr files of servers that are gone are removed.
+Environment: HERD_CONFIG, HERD_RUN_DIR, HERD_BIN as for ./run.sh.
+EOF
+}
+
+for arg in "$@"; do
+  case $arg in
+    -h | --help) usage; exit 0 ;;
+    -*) echo "stop.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  case ${stat%% *} in Z | X) return 1 ;; esac
+}
+
+# The process run.sh started for server $2 (its command line ends in that name), not a
+# recycled PID.
+is_server() {
+  alive "$1" || return 1
+  local args
+  args=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+  [ "$(tail -n 1 <<<"$args")" = "$2" ] && grep -q herd <<<"$args"
+}
+
+recorded=()
+for f in "$run_dir"/*.pid; do [ -e "$f" ] && recorded+=("$(basename "$f" .pid)"); done
 
 if [ $# -gt 0 ]; then
+  # Names are checked against the config when the binary can read it (a server with a PID
+  # file counts too); without a binary no server can be running but those with PID files.
+  if [ -x "$bin" ] && listing=$("$bin" --config "$config" --list 2>/dev/null); then
+    known=("${recorded[@]}")
+    mapfile -t -O ${#known[@]} known < <(awk '{print $1}' <<<"$listing")
+    unknown=()
+    for name in "$@"; do
+      printf '%s\n' "${known[@]}" | grep -qxF -- "$name" || unknown+=("'$name'")
+    done
+    if [ ${#unknown[@]} -gt 0 ]; then
+      echo "stop.sh: no server named ${unknown[*]} in $config (it has: $(awk '{print $1}' <<<"$listing" | paste -sd' '))" >&2
+      exit 1
+    fi
+  fi
   names=("$@")
 else
-  names=()
-  for f in "$run_dir"/*.pid; do [ -e "$f" ] && names+=("$(basename "$f" .pid)"); done
+  names=("${recorded[@]}")
 fi
-if [ ${#names[@]} -eq 0 ]; then echo "stop.sh: nothing to stop (no PID files in $run_dir)"; exit 0; fi
 
-status=0
+stopping=() # "name pid"
 for name in "${names[@]}"; do
   pidfile=$run_dir/$name.pid
-  if [ ! -f "$pidfile" ]; then echo "stop.sh: $name: not started by run.sh (no $pidfile)" >&2; status=1; continue; fi
-  pid=$(cat "$pidfile")
-  # Only signal the process we started: it must still be a herd process.
-  if ! kill -0 "$pid" 2>/dev/null || ! grep -q herd "/proc/$pid/cmdline" 2>/dev/null; then
-    echo "$name: not running (removed stale PID file)"
-    rm -f "$pidfile"
+  if [ ! -f "$pidfile" ]; then
+    echo "$name: not running (no $pidfile; a server started by hand is not stopped here)"
+    rm -f "$run_dir/$name.stderr"
     continue
   fi
-  kill -TERM "$pid"
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  if kill -0 "$pid" 2>/dev/null; then
-    echo "$name: still running after 5 s, sending SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null
+  pid=$(cat "$pidfile")
+  if ! is_server "$pid" "$name"; then
+    echo "$name: not running (removed stale PID file)"
+    rm -f "$pidfile" "$run_dir/$name.stderr"
+    continue
   fi
-  rm -f "$pidfile"
-  echo "$name: stopped (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null
+  stopping+=("$name $pid")
 done
-exit $status
+
+deadline=$((SECONDS + grace))
+while [ ${#stopping[@]} -gt 0 ]; do
+  left=()
+  for entry in "${stopping[@]}"; do
+    read -r name pid <<<"$entry"
+    if alive "$pid"; then
+      left+=("$entry")
+    else
+      rm -f "$run_dir/$name.pid" "$run_dir/$name.stderr"
+      echo "$name: stopped (pid $pid)"
+    fi
+  done
+  stopping=("${left[@]}")
+  [ ${#stopping[@]} -gt 0 ] || break
+  if [ $SECONDS -ge $deadline ]; then
+    for entry in "${stopping[@]}"; do
+      read -r name pid <<<"$entry"
+      echo "$name: still running after $grace s, sending SIGKILL" >&2
+      kill -KILL "$pid" 2>/dev/null
+      rm -f "$run_dir/$name.pid" "$run_dir/$name.stderr"
+      echo "$name: killed (pid $pid)"
+    done
+    break
+  fi
+  sleep 0.01
+done
+
+if [ $# -eq 0 ]; then
+  # A stderr file without a PID file is from a server that is gone (a failed start, a
+  # crash): run.sh showed its last line when it happened.
+  for f in "$run_dir"/*.stderr; do
+    [ -e "$f" ] && [ ! -e "${f%.stderr}.pid" ] && rm -f "$f"
+  done
+  [ ${#names[@]} -gt 0 ] || echo "stop.sh: nothing to stop (no PID files in $run_dir)"
+fi
+exit 0

@@ -80,8 +80,23 @@ def spectrum(r):
     return [(p / 100.0, v) for p, v in r["percentiles_us"]]
 
 
+USAGE = """usage: bench/report.py RESULTS_DIR BENCHMARKS.md latency.svg
+
+Writes BENCHMARKS.md and the latency plot from the JSON results bench/run.sh leaves in
+RESULTS_DIR. bench/run.sh runs it for you; run it by hand to redo the report of a run.
+For a plot of one loadgen run, use loadgen --svg FILE instead."""
+
+
 def main():
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(USAGE)
+        sys.exit(0)
+    if len(sys.argv) != 4:
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
     d, md_path, svg_path = sys.argv[1:4]
+    if not os.path.isdir(d):
+        sys.exit(f"bench/report.py: {d} is not a directory of results (see --help)")
     rounds = sorted({int(f.rsplit("_r", 1)[1].split(".")[0]) for f in os.listdir(d) if "_p1_r" in f})
 
     def series(kind, depth):

@@ -62,11 +62,16 @@ TIME:
 
 OUTPUT:
     --json                 one JSON object on stdout (figures and parameters)
-    --quiet                no progress lines on stderr
+    --svg FILE             also write the run's latency by percentile as an SVG plot
+    --quiet                no progress lines on stderr (nor, with --json, the warnings:
+                           they are in the JSON's warnings)
     -h, --help             this text
     -V, --version          the version
 
 Latencies are in milliseconds in the text report and microseconds in the JSON.
+A WHATSAT answer whose status is not OK or ZERO_RESULTS (say REQUEST_DENIED: no key)
+counts as an error, by status. The report warns when every reply was an error, and
+estimates the log volume when the servers log every message (herd's log.level info).
 ";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +126,7 @@ pub struct Args {
     pub warmup: Duration,
     pub timeout: Duration,
     pub json: bool,
+    pub svg: Option<PathBuf>,
     pub quiet: bool,
 }
 
@@ -236,6 +242,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, ArgEr
         warmup: Duration::from_secs(2),
         timeout: Duration::from_secs(5),
         json: false,
+        svg: None,
         quiet: false,
     };
     let mut crlf = None;
@@ -335,6 +342,7 @@ pub fn parse<I: IntoIterator<Item = OsString>>(argv: I) -> Result<Command, ArgEr
             Long("warmup") => a.warmup = duration("--warmup", p.value()?)?,
             Long("timeout") => a.timeout = duration("--timeout", p.value()?)?,
             Long("json") => a.json = true,
+            Long("svg") => a.svg = Some(PathBuf::from(p.value()?)),
             Long("quiet") | Short('q') => a.quiet = true,
             _ => return Err(arg.unexpected().into()),
         }

@@ -873,6 +873,7 @@ impl Driver {
             match outcome {
                 Outcome::Ok => {}
                 Outcome::ErrorReply => self.warmup_errors.error_reply += 1,
+                Outcome::Places(s) => self.warmup_errors.places.count(s),
                 Outcome::Malformed => self.warmup_errors.malformed += 1,
             }
             return;
@@ -887,6 +888,10 @@ impl Driver {
             Outcome::ErrorReply => {
                 self.errors.error_reply += 1;
                 self.tick_errors.error_reply += 1;
+            }
+            Outcome::Places(s) => {
+                self.errors.places.count(s);
+                self.tick_errors.places.count(s);
             }
             Outcome::Malformed => {
                 self.errors.malformed += 1;
@@ -951,7 +956,7 @@ mod tests {
                             (Mode::Picky, _) if n % 3 == 0 => format!("? {line}\n"),
                             (_, Some("IAMAT")) => format!("AT F +0.000000001 {} {} {}\n", f[1], f[2], f[3]),
                             (_, Some("WHATSAT")) => format!(
-                                "AT F +0.000000001 {} +1.0+2.0 3.0\n{{\n   \"results\" : []\n}}\n\n",
+                                "AT F +0.000000001 {} +1.0+2.0 3.0\n{{\n   \"results\" : [],\n   \"status\" : \"OK\"\n}}\n\n",
                                 f[1]
                             ),
                             _ => "+PONG\r\n".to_string(),

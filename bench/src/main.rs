@@ -14,8 +14,10 @@ mod idle;
 mod pacing;
 mod propagation;
 mod stats;
+mod svg;
 mod sys;
 mod target;
+mod warnings;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -175,6 +177,7 @@ fn run_propagation(
         quiet: a.quiet,
     };
     let o = propagation::run(&s).map_err(Failure::Run)?;
+    write_svg(a, &title, &o.hist)?;
     let r = PropReport {
         params,
         title,
@@ -408,9 +411,29 @@ fn run_load(a: &Args, targets: &[Target], idle: Option<&mut idle::Idle>) -> Resu
         outstanding += f.outstanding;
         aborted |= f.aborted;
     }
+    let title = title(a, targets);
+    write_svg(a, &title, &total)?;
+    let warnings = warnings::warnings(&warnings::Run {
+        workload: a.workload,
+        mix: a.mix,
+        ok: total.len(),
+        errors: &errors,
+        requests: requests_sent(a, total.len() + errors.total()),
+        logging: match &a.config {
+            Some(path) => std::fs::read_to_string(path)
+                .map_or(warnings::Logging::Unknown, |y| warnings::Logging::of_config(&y)),
+            None => warnings::Logging::Unknown,
+        },
+    });
+    if a.json && !a.quiet {
+        // The JSON goes to a file or a pipe: say it where a person looks too.
+        for w in &warnings {
+            eprintln!("loadgen: WARNING: {w}");
+        }
+    }
     let r = LoadReport {
         params: params(a, &targets.iter().collect::<Vec<_>>()),
-        title: title(a, targets),
+        title,
         duration_s: a.duration.as_secs_f64(),
         hist: total,
         errors,
@@ -420,12 +443,33 @@ fn run_load(a: &Args, targets: &[Target], idle: Option<&mut idle::Idle>) -> Resu
         outstanding,
         aborted,
         idle: idle_report(idle),
+        warnings,
     };
     Ok(if a.json {
         format!("{}\n", r.json())
     } else {
         r.text()
     })
+}
+
+/// All requests of a run from the `measured` ones (answered in the measured time): the
+/// warm-up at the same pace, plus one set-up IAMAT per client for WHATSAT workloads.
+fn requests_sent(a: &Args, measured: u64) -> u64 {
+    let d = a.duration.as_secs_f64();
+    let all = if d > 0.0 {
+        measured as f64 * (d + a.warmup.as_secs_f64()) / d
+    } else {
+        measured as f64
+    };
+    let setup = if a.workload.needs_setup() { a.clients } else { 0 };
+    all.round() as u64 + setup
+}
+
+/// `--svg FILE`: the run's latency by percentile.
+fn write_svg(a: &Args, title: &str, hist: &stats::Hist) -> Result<(), Failure> {
+    let Some(path) = &a.svg else { return Ok(()) };
+    let svg = svg::latency_by_percentile(&format!("loadgen: {title}"), &stats::plot_points(hist));
+    std::fs::write(path, svg).map_err(|e| Failure::Run(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -158,7 +158,8 @@ pub fn run(s: &Settings) -> Result<Outcomes, String> {
                         out.errors.error_reply += 1;
                         continue;
                     }
-                    Outcome::Malformed => {
+                    // An IAMAT reply has no Places status; check_iamat never says so.
+                    Outcome::Malformed | Outcome::Places(_) => {
                         out.errors.malformed += 1;
                         continue;
                     }
@@ -200,8 +201,9 @@ pub fn run(s: &Settings) -> Result<Outcomes, String> {
             let reply = &to.input.data()[..n];
             // Not there yet: `? WHATSAT ...`. There: the AT line of our own IAMAT (same
             // location and time), then the JSON.
+            // The AT line is what propagation waits for; whatever Places said is beside it.
             let o = match wl::check_whatsat(reply, id.as_bytes()) {
-                Outcome::Ok => {
+                Outcome::Ok | Outcome::Places(_) => {
                     let first = reply
                         .iter()
                         .position(|&b| b == b'\n')
@@ -214,7 +216,7 @@ pub fn run(s: &Settings) -> Result<Outcomes, String> {
             match o {
                 Outcome::ErrorReply => continue,
                 Outcome::Ok => stats::record_ns(&mut out.hist, elapsed.as_nanos() as u64),
-                Outcome::Malformed => out.errors.malformed += 1,
+                Outcome::Malformed | Outcome::Places(_) => out.errors.malformed += 1,
             }
             break;
         }
@@ -269,7 +271,10 @@ mod tests {
                     let _ = writeln!(w, "? {line}");
                 } else {
                     let at = frx.recv().expect("record");
-                    let _ = write!(w, "{at}\n{{\n   \"results\" : []\n}}\n\n");
+                    let _ = write!(
+                        w,
+                        "{at}\n{{\n   \"results\" : [],\n   \"status\" : \"OK\"\n}}\n\n"
+                    );
                 }
             }
         });

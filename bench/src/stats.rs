@@ -11,6 +11,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::workload::PlacesStatus;
+
 pub const HIGHEST_US: u64 = 60_000_000;
 const SIGFIG: u8 = 3;
 
@@ -41,6 +43,8 @@ pub fn merge(into: &mut Hist, from: &Hist) {
 pub struct Errors {
     /// `? ...` answers to requests loadgen believes valid.
     pub error_reply: u64,
+    /// WHATSAT answers whose status is not OK or ZERO_RESULTS, by status.
+    pub places: PlacesErrors,
     /// Replies the protocol does not allow for the request.
     pub malformed: u64,
     /// Connections that failed, were refused or were closed by the server.
@@ -51,25 +55,91 @@ pub struct Errors {
 
 impl Errors {
     pub fn total(&self) -> u64 {
-        self.error_reply + self.malformed + self.connection + self.timeout
+        self.error_reply + self.places.total() + self.malformed + self.connection + self.timeout
     }
 
     pub fn add(&mut self, o: &Errors) {
         self.error_reply += o.error_reply;
+        self.places.add(&o.places);
         self.malformed += o.malformed;
         self.connection += o.connection;
         self.timeout += o.timeout;
     }
 
     pub fn describe(&self) -> String {
+        let places = if self.places.total() > 0 {
+            format!(", Places status {}", self.places.describe())
+        } else {
+            String::new()
+        };
         format!(
-            "{} (error replies {}, malformed {}, connection {}, timeouts {})",
+            "{} (error replies {}{places}, malformed {}, connection {}, timeouts {})",
             self.total(),
             self.error_reply,
             self.malformed,
             self.connection,
             self.timeout
         )
+    }
+}
+
+/// WHATSAT answers that came back without places, by status (JSON keys are the statuses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PlacesErrors {
+    #[serde(rename = "REQUEST_DENIED")]
+    pub request_denied: u64,
+    #[serde(rename = "OVER_QUERY_LIMIT")]
+    pub over_query_limit: u64,
+    #[serde(rename = "INVALID_REQUEST")]
+    pub invalid_request: u64,
+    #[serde(rename = "UNKNOWN_ERROR")]
+    pub unknown_error: u64,
+    /// Any other status.
+    pub other: u64,
+}
+
+impl PlacesErrors {
+    pub fn count(&mut self, s: PlacesStatus) {
+        *match s {
+            PlacesStatus::RequestDenied => &mut self.request_denied,
+            PlacesStatus::OverQueryLimit => &mut self.over_query_limit,
+            PlacesStatus::InvalidRequest => &mut self.invalid_request,
+            PlacesStatus::UnknownError => &mut self.unknown_error,
+            PlacesStatus::Other => &mut self.other,
+        } += 1;
+    }
+
+    fn by_status(&self) -> [(&'static str, u64); 5] {
+        [
+            ("REQUEST_DENIED", self.request_denied),
+            ("OVER_QUERY_LIMIT", self.over_query_limit),
+            ("INVALID_REQUEST", self.invalid_request),
+            ("UNKNOWN_ERROR", self.unknown_error),
+            ("other", self.other),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_status().iter().map(|(_, n)| n).sum()
+    }
+
+    pub fn add(&mut self, o: &PlacesErrors) {
+        self.request_denied += o.request_denied;
+        self.over_query_limit += o.over_query_limit;
+        self.invalid_request += o.invalid_request;
+        self.unknown_error += o.unknown_error;
+        self.other += o.other;
+    }
+
+    /// The statuses seen, e.g. `REQUEST_DENIED 12, UNKNOWN_ERROR 1`.
+    pub fn describe(&self) -> String {
+        let seen: Vec<String> = self
+            .by_status()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        seen.join(", ")
     }
 }
 
@@ -139,6 +209,22 @@ pub fn spectrum(h: &Hist) -> Vec<(f64, u64)> {
         .collect()
 }
 
+/// A denser spectrum for a plot (`--svg`): eight points a decade of 1/(1-p), from 0 % to
+/// 99.999 %, then the maximum.
+pub fn plot_points(h: &Hist) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut v: Vec<(f64, u64)> = (0..=40)
+        .map(|k| {
+            let p = 100.0 * (1.0 - 10f64.powf(-(k as f64) / 8.0));
+            (p, h.value_at_percentile(p))
+        })
+        .collect();
+    v.push((100.0, h.max()));
+    v
+}
+
 /// Microseconds as milliseconds with three decimals: `0.087`.
 pub fn ms(us: u64) -> String {
     format!("{}.{:03}", us / 1000, us % 1000)
@@ -163,6 +249,8 @@ pub struct LoadReport {
     pub outstanding: u64,
     pub aborted: bool,
     pub idle: Option<IdleReport>,
+    /// What the figures alone would hide (see warnings.rs).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -194,6 +282,7 @@ impl LoadReport {
             "warmup_errors": self.warmup_errors,
             "outstanding_at_stop": self.outstanding,
             "aborted": self.aborted,
+            "warnings": self.warnings,
         });
         if let Some(l) = &self.lateness {
             v["send_lateness_us"] = json!(Summary::of(l));
@@ -255,6 +344,9 @@ impl LoadReport {
                 "  ABORTED at the hard stop; {} requests still outstanding",
                 self.outstanding
             );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(t, "  WARNING: {w}");
         }
         t
     }

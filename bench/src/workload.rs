@@ -93,8 +93,49 @@ pub enum Outcome {
     Ok,
     /// `? ...`: the server called a request we believe valid invalid.
     ErrorReply,
+    /// A well-formed WHATSAT answer without places: no key, quota, upstream down. Fast to
+    /// produce, so counting it as a success would report the speed of a refusal.
+    Places(PlacesStatus),
     /// Not a reply the protocol allows for this request.
     Malformed,
+}
+
+/// A WHATSAT answer's `status` other than `OK` and `ZERO_RESULTS` (Google's statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacesStatus {
+    RequestDenied,
+    OverQueryLimit,
+    InvalidRequest,
+    UnknownError,
+    /// Any other status text.
+    Other,
+}
+
+impl PlacesStatus {
+    /// `Ok(())` for the statuses of an answer that did its job.
+    pub fn classify(status: &[u8]) -> Result<(), PlacesStatus> {
+        match status {
+            b"OK" | b"ZERO_RESULTS" => Ok(()),
+            b"REQUEST_DENIED" => Err(PlacesStatus::RequestDenied),
+            b"OVER_QUERY_LIMIT" => Err(PlacesStatus::OverQueryLimit),
+            b"INVALID_REQUEST" => Err(PlacesStatus::InvalidRequest),
+            b"UNKNOWN_ERROR" => Err(PlacesStatus::UnknownError),
+            _ => Err(PlacesStatus::Other),
+        }
+    }
+}
+
+/// The top-level `"status"` value of a WHATSAT JSON document, found without parsing it
+/// (loadgen checks tens of thousands a second). The top-level key comes after `results`,
+/// so the last `"status"` is the one; a quote inside a JSON string is escaped, so no string
+/// value can hold `"status"` followed by a quote. `business_status` does not match either.
+pub fn json_status(json: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b"\"status\"";
+    let at = json.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let rest = json[at + KEY.len()..].trim_ascii_start();
+    let rest = rest.strip_prefix(b":")?.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    Some(&rest[..end])
 }
 
 /// SPEC §2 field separators.
@@ -159,7 +200,8 @@ pub fn check_iamat(reply: &[u8], echo: &[u8]) -> Outcome {
     }
 }
 
-/// WHATSAT: an AT line for `client`, then JSON starting `{` and the reply ending `}\n\n`.
+/// WHATSAT: an AT line for `client`, then JSON starting `{` and the reply ending `}\n\n`,
+/// with a `status`: `OK` or `ZERO_RESULTS` is a success, any other is `Outcome::Places`.
 pub fn check_whatsat(reply: &[u8], client: &[u8]) -> Outcome {
     if is_error_reply(reply) {
         return Outcome::ErrorReply;
@@ -169,7 +211,13 @@ pub fn check_whatsat(reply: &[u8], client: &[u8]) -> Outcome {
     };
     let (at, json) = (line_body(&reply[..=nl]), &reply[nl + 1..]);
     match at_fields(at) {
-        Some([c, _, _]) if c == client && json.starts_with(b"{") && json.ends_with(b"}\n\n") => Outcome::Ok,
+        Some([c, _, _]) if c == client && json.starts_with(b"{") && json.ends_with(b"}\n\n") => {
+            match json_status(json).map(PlacesStatus::classify) {
+                Some(Ok(())) => Outcome::Ok,
+                Some(Err(s)) => Outcome::Places(s),
+                None => Outcome::Malformed,
+            }
+        }
         _ => Outcome::Malformed,
     }
 }
@@ -458,6 +506,64 @@ mod tests {
             assert_eq!(check_iamat(r, ECHO), Outcome::Malformed, "{}", show(r));
         }
         assert_eq!(check_iamat(b"? IAMAT lg-7 x y\n", ECHO), Outcome::ErrorReply);
+    }
+
+    /// A WHATSAT reply with this JSON after the AT line.
+    fn whatsat_with(json: &str) -> Vec<u8> {
+        [AT, json.as_bytes(), b"\n\n"].concat()
+    }
+
+    #[test]
+    fn whatsat_status_decides_success() {
+        let doc = |status: &str| {
+            format!(
+                "{{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"{status}\",\n   \"error_message\" : \"no key\"\n}}"
+            )
+        };
+        let cases = [
+            ("OK", Outcome::Ok),
+            ("ZERO_RESULTS", Outcome::Ok),
+            ("REQUEST_DENIED", Outcome::Places(PlacesStatus::RequestDenied)),
+            ("OVER_QUERY_LIMIT", Outcome::Places(PlacesStatus::OverQueryLimit)),
+            ("INVALID_REQUEST", Outcome::Places(PlacesStatus::InvalidRequest)),
+            ("UNKNOWN_ERROR", Outcome::Places(PlacesStatus::UnknownError)),
+            ("NOT_FOUND", Outcome::Places(PlacesStatus::Other)),
+            ("", Outcome::Places(PlacesStatus::Other)),
+        ];
+        for (status, want) in cases {
+            assert_eq!(
+                check_whatsat(&whatsat_with(&doc(status)), b"lg-7"),
+                want,
+                "{status}"
+            );
+        }
+        // No status at all is not a Places answer.
+        let none = "{\n   \"html_attributions\" : [],\n   \"results\" : []\n}";
+        assert_eq!(check_whatsat(&whatsat_with(none), b"lg-7"), Outcome::Malformed);
+    }
+
+    #[test]
+    fn the_top_level_status_is_the_one_read() {
+        // Places carry `business_status`, and a name may spell "status" (escaped quotes):
+        // neither is the answer's status, which follows `results`.
+        let json = br#"{
+   "html_attributions" : [],
+   "results" : [
+      {
+         "business_status" : "CLOSED_PERMANENTLY",
+         "name" : "The \"status\" : \"DENIED\" bar"
+      }
+   ],
+   "status" : "OK"
+}"#;
+        assert_eq!(json_status(json), Some(&b"OK"[..]));
+        // A passed-through (legacy) body may nest objects with keys of their own.
+        let nested = br#"{ "results" : [ { "x" : { "status" : "INNER" } } ], "status" : "ZERO_RESULTS" }"#;
+        assert_eq!(json_status(nested), Some(&b"ZERO_RESULTS"[..]));
+        assert_eq!(json_status(br#"{"status":"OK"}"#), Some(&b"OK"[..]), "compact");
+        assert_eq!(json_status(br#"{"status" : 3}"#), None, "not a string");
+        assert_eq!(json_status(br#"{"status" : "OK}"#), None, "unterminated");
+        assert_eq!(json_status(br#"{"business_status" : "OK"}"#), None);
     }
 
     #[test]

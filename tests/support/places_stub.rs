@@ -140,14 +140,17 @@ impl PlacesStub {
 
     /// Listens on an ephemeral port of `ip` (any 127.x.y.z works on Linux).
     pub fn start_on(ip: &str) -> PlacesStub {
-        let listener = match TcpListener::bind((ip, 0)) {
-            Ok(l) => l,
-            Err(e) => panic!("places stub: cannot listen: {e}"),
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => panic!("places stub: no local address: {e}"),
-        };
+        match PlacesStub::bind(ip, 0) {
+            Ok(s) => s,
+            Err(e) => panic!("places stub: {e}"),
+        }
+    }
+
+    /// Listens on `ip`:`port` (port 0: any free one), for the places-stub program.
+    pub fn bind(ip: &str, port: u16) -> io::Result<PlacesStub> {
+        let listener = TcpListener::bind((ip, port))
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {ip}:{port}: {e}")))?;
+        let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             behaviour: Mutex::new(Behaviour::Normal),
             script: Mutex::new(std::collections::VecDeque::new()),
@@ -160,16 +163,12 @@ impl PlacesStub {
         let s = Arc::clone(&shared);
         let accept = thread::Builder::new()
             .name("places-stub".into())
-            .spawn(move || accept_loop(listener, s));
-        let accept = match accept {
-            Ok(h) => h,
-            Err(e) => panic!("places stub: cannot spawn: {e}"),
-        };
-        PlacesStub {
+            .spawn(move || accept_loop(listener, s))?;
+        Ok(PlacesStub {
             addr,
             shared,
             accept: Some(accept),
-        }
+        })
     }
 
     pub fn url(&self) -> String {

@@ -200,8 +200,8 @@ fn healed_partition_catches_up_within_a_second() {
     eprintln!("heal to every server agreeing: {took:?}");
 }
 
-/// SPEC §5: a host that loses power (kill -9 while cut off, so no FIN or RST reaches its
-/// neighbours) and comes back with the same address is linked and caught up within 2 s with
+/// SPEC §5: a host that loses power (kill -9 and a fresh namespace while cut off, so no FIN
+/// or RST reaches its neighbours) and comes back with the same address is linked and caught up within 2 s with
 /// no client traffic. dead_after_ms is the default 5 s, far longer than the whole reboot, so
 /// the neighbours cannot notice by silence: only by the heartbeat that meets the new
 /// kernel's RST.
@@ -225,7 +225,7 @@ fn rebooted_host_is_caught_up_without_client_traffic() {
         panic!("no agreement before the reboot: {e}");
     }
     bed.cut("Jaquez");
-    bed.restart("Jaquez");
+    bed.reboot("Jaquez");
     bed.heal("Jaquez");
     let healed = Instant::now();
     let took = bed

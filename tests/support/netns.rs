@@ -215,7 +215,7 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Removes namespaces and /etc/netns dirs left by test processes that no longer run (one
-/// killed before its `Drop` could run).
+/// killed before its `Drop` could run), and kills the servers still running in them.
 fn remove_leftovers() {
     let stale = |name: &str| -> bool {
         let Some(rest) = name.strip_prefix(NS_PREFIX) else {
@@ -232,6 +232,13 @@ fn remove_leftovers() {
             let name = e.file_name().to_string_lossy().into_owned();
             if stale(&name) {
                 if dir == NETNS_DIR {
+                    // Servers the dead test started: by the PIDs in that namespace.
+                    let pids = Command::new("ip").args(["netns", "pids", &name]).output();
+                    if let Ok(out) = pids {
+                        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                            let _ = sh("kill", &["-KILL", pid]);
+                        }
+                    }
                     let _ = sh("ip", &["netns", "del", &name]);
                 } else {
                     let _ = std::fs::remove_dir_all(e.path());

@@ -331,6 +331,11 @@ impl Bed {
         );
         must("ip", &["-n", &br, "link", "set", &port_if, "master", "br0", "up"]);
         must("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        // The host's NIC keeps its MAC across a reboot, so its neighbours' ARP entries stay
+        // right and the first heartbeat after it reaches the new kernel.
+        let o = addr.octets();
+        let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        must("ip", &["-n", &ns, "link", "set", "eth0", "address", &mac]);
         must(
             "ip",
             &["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"],

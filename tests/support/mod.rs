@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+#[cfg(target_os = "linux")]
+pub mod netns;
 pub mod places_stub;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

@@ -3,6 +3,8 @@
 //! Start-up failures (bad arguments, bad config, unknown name, a port in use) print one
 //! line on stderr and exit with status 2 before anything is left listening.
 
+#[allow(dead_code)]
+mod admin;
 mod cli;
 mod config;
 mod legacy_json;

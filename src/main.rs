@@ -19,6 +19,8 @@ mod places;
 mod protocol;
 mod reactor;
 mod slab;
+#[allow(dead_code)]
+mod snapshot;
 mod table;
 mod timer;
 

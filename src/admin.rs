@@ -596,6 +596,44 @@ mod tests {
         );
     }
 
+    /// Measurement for the closing note, not a check: `cargo test --release --bin
+    /// herd -- --ignored admin::tests::scrape_time --nocapture`.
+    #[test]
+    #[ignore]
+    fn scrape_time() {
+        let names: Vec<String> = (0..4).map(|i| format!("N{i}")).collect();
+        let metrics = Arc::new(Metrics::new(&names));
+        let started = Instant::now();
+        let mut text = String::new();
+        for _ in 0..1000 {
+            text.clear();
+            metrics::render(&metrics, &PlacesView::idle(), &mut text);
+        }
+        let render = started.elapsed() / 1000;
+        let admin = Admin::start(
+            loopback(),
+            metrics,
+            Box::new(PlacesView::idle),
+            Box::new(String::new),
+        )
+        .expect("starts");
+        let mut times: Vec<Duration> = (0..1000)
+            .map(|_| {
+                let t = Instant::now();
+                let reply = exchange(admin.local_addr(), b"GET /metrics HTTP/1.1\r\n\r\n");
+                assert!(reply.starts_with("HTTP/1.1 200"));
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        eprintln!(
+            "render {render:?} ({} bytes); scrape over loopback: median {:?}, p99 {:?}",
+            text.len(),
+            times[500],
+            times[990]
+        );
+    }
+
     #[test]
     fn routes() {
         assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);

@@ -164,6 +164,11 @@ impl Metrics {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
+    /// The open count as the reactor knows it, for a reactor that keeps its own.
+    pub fn set_connections_open(&self, n: usize) {
+        self.connections_open.store(n as u64, Ordering::Relaxed);
+    }
+
     /// A connection was turned away (limit reached) without being served.
     pub fn refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);

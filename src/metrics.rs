@@ -886,6 +886,47 @@ herd_places_breaker_state{state=\"half_open\"} 0
         assert_eq!(f(10.0), "10");
     }
 
+    /// `promtool check metrics` (Debian's `prometheus` package) when it is installed; the
+    /// strict parser above stands in for it where it is not.
+    #[test]
+    fn promtool_accepts_the_output_if_installed() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let m = Metrics::new(&names(&["Bona", "Campbell"]));
+        m.message(MessageKind::Whatsat);
+        let places = PlacesView {
+            calls_by_status: vec![("OK", 5), ("UNKNOWN_ERROR", 1)],
+            duration_buckets: vec![(0.1, 2), (0.5, 5)],
+            duration_sum_seconds: 1.25,
+            duration_count: 6,
+            ..PlacesView::idle()
+        };
+        let text = rendered(&m, &places);
+        let child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("promtool not installed: skipped");
+            return;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(text.as_bytes()).expect("promtool stdin");
+        }
+        let out = child.wait_with_output().expect("promtool runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool: {said}\n{text}"
+        );
+    }
+
     #[test]
     fn the_strict_parser_rejects_what_it_should() {
         let ok = "# HELP a_total h\n# TYPE a_total counter\na_total 1\n";

@@ -1,4 +1,5 @@
-//! Command-line arguments (lexopt): `herd [--config PATH] NAME`, `--help`, `--version`.
+//! Command-line arguments (lexopt): `herd [--config PATH] NAME`, `herd status`, `--help`,
+//! `--version`.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -9,9 +10,14 @@ herd: one server of a proxy herd (see herd.yml and README.md)
 
 Usage: herd [--config PATH] NAME
        herd [--config PATH] --list
+       herd status [--config PATH]
 
 Arguments:
   NAME                 the server to run, as named under `servers:` in the config
+  status               ask every server's admin endpoint and print one row each:
+                       up or down, uptime, clients, links up/total (each direction
+                       counted), messages/s (over ~200 ms), Places calls and errors;
+                       exit status 0 only if every server and every link is up
 
 Options:
   -c, --config PATH    the herd description [default: herd.yml]
@@ -30,6 +36,7 @@ Environment:
 pub enum Command {
     Run(Args),
     List(PathBuf),
+    Status(PathBuf),
     Help,
     Version,
 }
@@ -84,6 +91,16 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             Value(v) => return Err(CliError::ExtraArgument(v.to_string_lossy().into_owned())),
             _ => return Err(arg.unexpected().into()),
         }
+    }
+    // `status` in the NAME position is the subcommand, so no server can be called that.
+    if name.as_deref() == Some("status") {
+        return if list {
+            Err(CliError::Invalid(
+                "`status` and `--list` do not go together".into(),
+            ))
+        } else {
+            Ok(Command::Status(config))
+        };
     }
     if list {
         return match name {
@@ -140,6 +157,21 @@ mod tests {
         assert_eq!(p(&["--list"]), Ok(Command::List("herd.yml".into())));
         assert_eq!(p(&["-c", "h.yml", "-l"]), Ok(Command::List("h.yml".into())));
         assert_eq!(p(&["--list", "A"]), Err(CliError::ExtraArgument("A".into())));
+    }
+
+    #[test]
+    fn status_takes_a_config() {
+        assert_eq!(p(&["status"]), Ok(Command::Status("herd.yml".into())));
+        assert_eq!(
+            p(&["status", "--config", "h.yml"]),
+            Ok(Command::Status("h.yml".into()))
+        );
+        assert_eq!(p(&["-c", "h.yml", "status"]), Ok(Command::Status("h.yml".into())));
+        assert_eq!(
+            p(&["status", "Bailey"]),
+            Err(CliError::ExtraArgument("Bailey".into()))
+        );
+        assert!(matches!(p(&["status", "--list"]), Err(CliError::Invalid(_))));
     }
 
     #[test]

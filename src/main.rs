@@ -81,6 +81,8 @@ fn run(args: cli::Args) -> Result<(), String> {
         client_addr,
         peer_addr,
         neighbours,
+        // limits.max_connections is wired by the config work; until then, SPEC §7's default.
+        max_connections: reactor::DEFAULT_MAX_CONNECTIONS,
     };
     let reactor = reactor::Reactor::bind(settings, &herd.places, key).map_err(|e| e.to_string())?;
     let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level)?;

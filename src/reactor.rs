@@ -36,7 +36,7 @@ use crate::places::{self, Pool, Submit};
 use crate::protocol::{self, Location, Parsed, Request, Timestamp};
 use crate::slab::Slab;
 use crate::table::Table;
-use crate::timer::{Jitter, TimerWheel};
+use crate::timer::{Jitter, Throttle, TimerWheel};
 
 // Fixed tokens live at the top of the token space; connection slots use 0.. .
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -64,6 +64,11 @@ const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Retry delay after `accept` fails for lack of resources (EMFILE and the like).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// A failure that repeats (out of descriptors, over the connection cap) is logged at most
+/// this often (SPEC §7).
+const WARN_EVERY: Duration = Duration::from_secs(1);
+/// `Settings::max_connections` unless configured (SPEC §7).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 const TIMER_TICK: Duration = Duration::from_millis(5);
 const TIMER_SLOTS: usize = 512;
 /// An AT record is an IAMAT plus a server name and a diff; neighbours get room for that.
@@ -94,6 +99,9 @@ pub struct Settings {
     pub peer_addr: SocketAddr,
     /// Each neighbour's name and peer address.
     pub neighbours: Vec<(String, SocketAddr)>,
+    /// Client connections open at once; past it a new one is accepted and closed at once.
+    /// 0 = no cap.
+    pub max_connections: usize,
 }
 
 pub struct Reactor {
@@ -111,6 +119,18 @@ pub struct Reactor {
     scratch: Vec<u8>,
     jitter: Jitter,
     log_flushed_at: Instant,
+    accept: AcceptState,
+}
+
+/// Keeps descriptor exhaustion from feeding on itself (SPEC §7): one retry timer at most,
+/// whichever listener failed, and one log line a second.
+struct AcceptState {
+    max_clients: usize,
+    /// Client connections open now.
+    clients: usize,
+    retry_pending: bool,
+    failed: Throttle,
+    refused: Throttle,
 }
 
 /// State the message handlers need besides the connection itself.
@@ -340,6 +360,13 @@ impl Reactor {
             scratch: vec![0; SCRATCH_SIZE],
             jitter: Jitter::new(seed),
             log_flushed_at: Instant::now(),
+            accept: AcceptState {
+                max_clients: settings.max_connections,
+                clients: 0,
+                retry_pending: false,
+                failed: Throttle::new(WARN_EVERY),
+                refused: Throttle::new(WARN_EVERY),
+            },
         })
     }
 
@@ -433,6 +460,7 @@ impl Reactor {
     fn on_timer(&mut self, timer: Timer) {
         match timer {
             Timer::RetryAccept => {
+                self.accept.retry_pending = false;
                 self.accept(LISTENER);
                 self.accept(PEER_LISTENER);
             }
@@ -460,6 +488,12 @@ impl Reactor {
             };
             match listener.accept() {
                 Ok((stream, addr)) => {
+                    if which == LISTENER && self.over_cap(addr) {
+                        // Dropping the stream closes it: the client learns at once
+                        // instead of waiting in the backlog.
+                        drop(stream);
+                        continue;
+                    }
                     let (role, max_line) = match which {
                         LISTENER => (Role::Client, self.core.max_line),
                         _ => (Role::PeerIn { from: None }, self.core.max_line + PEER_LINE_SLACK),
@@ -478,13 +512,38 @@ impl Reactor {
                 Err(e) => {
                     // Out of descriptors or memory: the backlog keeps the clients waiting;
                     // edge-triggered readiness will not fire again for them, so retry soon.
-                    warn!("accept failed: {e}; retrying in {} ms", ACCEPT_RETRY.as_millis());
-                    self.timers
-                        .insert(Instant::now() + ACCEPT_RETRY, Timer::RetryAccept);
+                    // One retry serves both listeners: a timer per failure would double
+                    // with every retry that fails again.
+                    let now = Instant::now();
+                    if let Some(held) = self.accept.failed.allow(now) {
+                        warn!(
+                            "accept failed: {e}; retrying in {} ms ({held} more failures since the last report)",
+                            ACCEPT_RETRY.as_millis()
+                        );
+                    }
+                    if !self.accept.retry_pending {
+                        self.accept.retry_pending = true;
+                        self.timers.insert(now + ACCEPT_RETRY, Timer::RetryAccept);
+                    }
                     return;
                 }
             }
         }
+    }
+
+    /// True when a new client would exceed `max_connections`; logs that (throttled).
+    fn over_cap(&mut self, addr: SocketAddr) -> bool {
+        let a = &mut self.accept;
+        if a.max_clients == 0 || a.clients < a.max_clients {
+            return false;
+        }
+        if let Some(held) = a.refused.allow(Instant::now()) {
+            warn!(
+                "{addr} refused: {} client connections open (limits.max_connections); {held} more refused since the last report",
+                a.clients
+            );
+        }
+        true
     }
 
     fn add_conn(
@@ -524,7 +583,10 @@ impl Reactor {
             },
         });
         match role {
-            Role::Client => info!("{addr} connected"),
+            Role::Client => {
+                self.accept.clients += 1;
+                info!("{addr} connected")
+            }
             Role::PeerIn { .. } => info!("{addr} connected to the peer port"),
             Role::PeerOut { .. } => {}
         }
@@ -773,7 +835,10 @@ impl Reactor {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let addr = conn.s.addr;
         match conn.s.role {
-            Role::Client => info!("{addr} closed: {why}"),
+            Role::Client => {
+                self.accept.clients -= 1;
+                info!("{addr} closed: {why}")
+            }
             Role::PeerIn { from: None } => info!("{addr} (peer port) closed: {why}"),
             Role::PeerIn { from: Some(n) } => {
                 let nb = &mut self.core.neighbours[n];

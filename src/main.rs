@@ -81,6 +81,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         client_addr,
         peer_addr,
         neighbours,
+        servers: herd.servers.iter().map(|s| s.name.clone()).collect(),
         // limits.max_connections is wired by the config work; until then, SPEC §7's default.
         max_connections: reactor::DEFAULT_MAX_CONNECTIONS,
     };

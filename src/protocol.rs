@@ -434,10 +434,31 @@ pub fn write_at_line(server: &str, now: Timestamp, req: &Iamat<'_>, out: &mut Ve
 #[derive(Clone, Debug, PartialEq)]
 pub struct AtRecord<'a> {
     pub server: &'a [u8],
+    pub diff: &'a [u8],
     pub client: &'a [u8],
     /// Checked by `Location::is_valid`.
     pub raw_location: &'a [u8],
     pub time: Timestamp,
+    pub raw_time: &'a [u8],
+}
+
+impl AtRecord<'_> {
+    /// SPEC §3: the record rebuilt from its six fields with single spaces (no newline), the
+    /// form it is stored and forwarded in, so the blanks a neighbour sent never reach a
+    /// client. For a line `write_at_line` made, this is the line itself.
+    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"AT");
+        for part in [
+            self.server,
+            self.diff,
+            self.client,
+            self.raw_location,
+            self.raw_time,
+        ] {
+            out.push(b' ');
+            out.extend_from_slice(part);
+        }
+    }
 }
 
 /// `[+-]D+.DDDDDDDDD`: the shape `write_diff` produces.
@@ -457,9 +478,11 @@ pub fn parse_at_record(line: &[u8]) -> Option<AtRecord<'_>> {
     Location::is_valid(raw_location).then_some(())?;
     Some(AtRecord {
         server,
+        diff,
         client,
         raw_location,
         time: Timestamp::parse(raw_time)?,
+        raw_time,
     })
 }
 
@@ -931,11 +954,32 @@ mod tests {
                 rec,
                 AtRecord {
                     server: b"Bailey",
+                    diff: b"+0.263873386",
                     client: b"kiwi.cs.ucla.edu",
                     raw_location: b"+34.068930-118.445127",
                     time: ts(1_621_464_827, 959_498_503),
+                    raw_time: b"1621464827.959498503",
                 }
             );
+        }
+
+        #[test]
+        fn canonical_form_has_single_spaces_and_no_stray_blanks() {
+            let line = b"\tAT  Bailey\x0B+0.263873386 \t kiwi.cs.ucla.edu\x0C+34.068930-118.445127   1621464827.959498503\r ";
+            let mut out = Vec::new();
+            parse_at_record(line)
+                .expect("valid record")
+                .write_canonical(&mut out);
+            assert_eq!(out, RECORD);
+        }
+
+        #[test]
+        fn canonical_form_of_a_canonical_record_is_itself() {
+            let mut out = Vec::new();
+            parse_at_record(RECORD)
+                .expect("valid record")
+                .write_canonical(&mut out);
+            assert_eq!(out, RECORD);
         }
 
         #[test]
@@ -952,6 +996,9 @@ mod tests {
             assert_eq!(rec.client, req.client);
             assert_eq!(rec.raw_location, req.raw_location);
             assert_eq!(rec.time, req.time);
+            let mut again = Vec::new();
+            rec.write_canonical(&mut again);
+            assert_eq!(again, line, "an AT line we wrote is already canonical");
         }
 
         fn record(line: &[u8], valid: bool) {

@@ -99,6 +99,9 @@ pub struct Settings {
     pub peer_addr: SocketAddr,
     /// Each neighbour's name and peer address.
     pub neighbours: Vec<(String, SocketAddr)>,
+    /// Every server of herd.yml: a record from a neighbour naming another origin is
+    /// malformed (SPEC §3).
+    pub servers: Vec<String>,
     /// Client connections open at once; past it a new one is accepted and closed at once.
     /// 0 = no cap.
     pub max_connections: usize,
@@ -137,6 +140,7 @@ struct AcceptState {
 struct Core {
     name: String,
     max_line: usize,
+    servers: Vec<String>,
     table: Table,
     pool: Pool<Tag>,
     neighbours: Vec<Neighbour>,
@@ -348,6 +352,7 @@ impl Reactor {
             core: Core {
                 name: settings.name,
                 max_line: settings.max_line,
+                servers: settings.servers,
                 table: Table::default(),
                 pool,
                 neighbours,
@@ -1068,21 +1073,27 @@ fn record_line(core: &mut Core, n: usize, line: Line<'_>) {
     if protocol::fields(line).next().is_none() {
         return;
     }
-    let Some(rec) = protocol::parse_at_record(line) else {
+    let rec =
+        protocol::parse_at_record(line).filter(|r| core.servers.iter().any(|s| s.as_bytes() == r.server));
+    let Some(rec) = rec else {
         warn!("record from {from} skipped: malformed: {}", Shown(line));
         return;
     };
-    if !core.table.offer(rec.client, rec.time, line) {
-        info!("record from {from} (not newer, dropped): {}", Shown(line));
-        return;
+    let mut canonical = std::mem::take(&mut core.reply);
+    canonical.clear();
+    rec.write_canonical(&mut canonical);
+    if core.table.offer(rec.client, rec.time, &canonical) {
+        let forwarded = flood(&mut core.neighbours, &canonical, Some(n));
+        let to = Names(&core.neighbours, forwarded);
+        info!(
+            "record from {} (new): {}{to}",
+            core.neighbours[n].name,
+            Shown(&canonical)
+        );
+    } else {
+        info!("record from {from} (not newer, dropped): {}", Shown(&canonical));
     }
-    let forwarded = flood(&mut core.neighbours, line, Some(n));
-    let to = Names(&core.neighbours, forwarded);
-    info!(
-        "record from {} (new): {}{to}",
-        core.neighbours[n].name,
-        Shown(line)
-    );
+    core.reply = canonical;
 }
 
 /// Queues a winning record for every neighbour except the one it came from; returns the

@@ -756,6 +756,42 @@ fn a_fake_neighbour_is_heard_flooded_onwards_and_survives_a_malformed_record() {
 }
 
 #[test]
+fn a_record_is_stored_and_forwarded_in_canonical_form_and_needs_a_known_origin() {
+    // Bailey is played by the test on Bona's peer port; Campbell shows what Bona forwards.
+    let mut h = Herd::default_five("");
+    for name in ["Bona", "Campbell"] {
+        h.start(name);
+    }
+    let mut fake = peer(&h, "Bona");
+    fake.send("HELLO Bailey\n");
+    // Blanks of every kind around and between the fields, and a CRLF ending.
+    fake.send("\t AT  Bailey\t+0.000000001\x0B messy\x0C +1.5-2.5   1700000000.5 \r\n");
+    // Every field valid but the origin, which is no server of the herd.
+    fake.send("AT Nobody +0.000000001 stranger +1+1 1700000000\n");
+    let marker = "AT Bailey +0.000000002 marker +0+0 1700000001";
+    fake.send(format!("{marker}\n"));
+    converge(
+        &h,
+        &["Bona", "Campbell"],
+        &[
+            rec("messy", "AT Bailey +0.000000001 messy +1.5-2.5 1700000000.5\n"),
+            rec("marker", &format!("{marker}\n")),
+        ],
+        DEADLINE,
+    );
+    // Records on a link arrive in order: the marker is in, so the stranger was seen.
+    for server in ["Bona", "Campbell"] {
+        assert_eq!(record_at(&h, server, "stranger"), None, "{server} stored it");
+    }
+    let logged = eventually(DEADLINE, || {
+        h.log("Bona")
+            .contains("malformed: AT Nobody +0.000000001 stranger")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "Bona's log:\n{}", h.log("Bona"));
+}
+
+#[test]
 fn the_peer_port_refuses_a_first_line_that_is_not_a_neighbours_hello() {
     let mut h = Herd::default_five("");
     h.start("Bona");

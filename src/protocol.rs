@@ -5,6 +5,7 @@
 //! does I/O or reads a clock: the caller passes the time in, which keeps this module
 //! deterministic and testable byte for byte.
 
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -418,16 +419,21 @@ fn write_u64(mut n: u64, out: &mut Vec<u8>) {
 }
 
 /// Appends "AT <server> <diff> <client> <raw_location> <raw_time>" without a newline, so the
-/// same bytes serve as the stored record, the reply line and the propagated line.
-pub fn write_at_line(server: &str, now: Timestamp, req: &Iamat<'_>, out: &mut Vec<u8>) {
+/// same bytes serve as the stored record, the reply line and the propagated line. Returns
+/// where the location landed in `out`, so WHATSAT can read it without parsing the line.
+pub fn write_at_line(server: &str, now: Timestamp, req: &Iamat<'_>, out: &mut Vec<u8>) -> Range<usize> {
     out.extend_from_slice(b"AT ");
     out.extend_from_slice(server.as_bytes());
     out.push(b' ');
     write_diff(now, req.time, out);
-    for part in [req.client, req.raw_location, req.raw_time] {
-        out.push(b' ');
-        out.extend_from_slice(part);
-    }
+    out.push(b' ');
+    out.extend_from_slice(req.client);
+    out.push(b' ');
+    let location = out.len()..out.len() + req.raw_location.len();
+    out.extend_from_slice(req.raw_location);
+    out.push(b' ');
+    out.extend_from_slice(req.raw_time);
+    location
 }
 
 /// A record received from a neighbour.
@@ -445,19 +451,19 @@ pub struct AtRecord<'a> {
 impl AtRecord<'_> {
     /// SPEC §3: the record rebuilt from its six fields with single spaces (no newline), the
     /// form it is stored and forwarded in, so the blanks a neighbour sent never reach a
-    /// client. For a line `write_at_line` made, this is the line itself.
-    pub fn write_canonical(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"AT");
-        for part in [
-            self.server,
-            self.diff,
-            self.client,
-            self.raw_location,
-            self.raw_time,
-        ] {
-            out.push(b' ');
+    /// client. For a line `write_at_line` made, this is the line itself. Returns where the
+    /// location landed in `out`, as `write_at_line` does.
+    pub fn write_canonical(&self, out: &mut Vec<u8>) -> Range<usize> {
+        out.extend_from_slice(b"AT ");
+        for part in [self.server, self.diff, self.client] {
             out.extend_from_slice(part);
+            out.push(b' ');
         }
+        let location = out.len()..out.len() + self.raw_location.len();
+        out.extend_from_slice(self.raw_location);
+        out.push(b' ');
+        out.extend_from_slice(self.raw_time);
+        location
     }
 }
 
@@ -990,15 +996,17 @@ mod tests {
                 panic!("not an IAMAT");
             };
             let mut line = Vec::new();
-            write_at_line("Jaquez", time_of("1"), &req, &mut line);
+            let loc = write_at_line("Jaquez", time_of("1"), &req, &mut line);
             let rec = parse_at_record(&line).expect("valid record");
             assert_eq!(rec.server, b"Jaquez");
             assert_eq!(rec.client, req.client);
             assert_eq!(rec.raw_location, req.raw_location);
             assert_eq!(rec.time, req.time);
             let mut again = Vec::new();
-            rec.write_canonical(&mut again);
+            let at = rec.write_canonical(&mut again);
             assert_eq!(again, line, "an AT line we wrote is already canonical");
+            assert_eq!(at, loc, "both report the location at the same place");
+            assert_eq!(&line[loc], req.raw_location);
         }
 
         fn record(line: &[u8], valid: bool) {

@@ -406,8 +406,9 @@ fn client_that_never_reads_is_paused_with_bounded_memory_and_others_are_served()
         peak < rss_before + 4 * 1024,
         "RSS grew from {rss_before} to {peak} KiB while a client did not read"
     );
-    // Now read everything: every line is answered, in order.
-    let mut got = 0;
+    // Now read everything: every line is answered, each with the hog's own AT line.
+    let tail = format!(" {}", line.split_once(' ').map_or("", |(_, rest)| rest));
+    let mut partial: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut newline_count = 0usize;
     while newline_count < total_lines {
@@ -418,11 +419,20 @@ fn client_that_never_reads_is_paused_with_bounded_memory_and_others_are_served()
             )
         });
         assert!(n > 0, "closed after {newline_count} replies");
-        newline_count += buf[..n].iter().filter(|&&b| b == b'\n').count();
-        got += n;
+        partial.extend_from_slice(&buf[..n]);
+        let complete = partial.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for reply in partial[..complete].split_inclusive(|&b| b == b'\n') {
+            let reply = String::from_utf8_lossy(reply);
+            assert!(
+                reply.starts_with("AT Alpha ") && reply.ends_with(&tail),
+                "reply {newline_count}: {reply:?}"
+            );
+            newline_count += 1;
+        }
+        partial.drain(..complete);
     }
     assert_eq!(newline_count, total_lines);
-    assert!(got > 0);
+    assert!(partial.is_empty(), "nothing after the last reply");
     let sent = sender.join().expect("sender thread").expect("all sent");
     assert_eq!(sent, per_line * total_lines);
 }

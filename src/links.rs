@@ -33,6 +33,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Output queued to a neighbour that does not read, beyond which the link is dropped (and
 /// later resynced from the table): a stalled neighbour must not cost unbounded memory.
 pub const MIN_OUT_LIMIT: usize = 8 << 20;
+/// SPEC §5: a dialler that has written nothing for this long writes an empty line, so a
+/// dead path shows as a failed write and a silent one as silence at the other end.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// `peers.dead_after_ms` unless configured: an inbound link silent this long is closed.
+pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_millis(5000);
 const TIMER_TICK: Duration = Duration::from_millis(5);
 const TIMER_SLOTS: usize = 512;
 
@@ -75,6 +80,10 @@ impl fmt::Display for Out {
 enum LinkTimer {
     Redial(NeighbourId),
     ConnectTimeout(NeighbourId),
+    /// Time to check whether the outbound link on this connection needs a heartbeat.
+    Heartbeat(NeighbourId, ConnId),
+    /// Time to check whether the inbound link on this connection went silent.
+    Silence(NeighbourId, ConnId),
 }
 
 struct Neighbour {
@@ -92,6 +101,10 @@ struct Neighbour {
     /// The number of the last flood that queued a record here, for the log's "forwarded
     /// to" list.
     flooded: u64,
+    /// When the outbound link last had bytes sent (for heartbeats).
+    last_sent: Instant,
+    /// When the inbound link last brought a line (for dead paths).
+    last_heard: Instant,
 }
 
 pub struct Links {
@@ -101,11 +114,19 @@ pub struct Links {
     jitter: Jitter,
     commands: Vec<Command>,
     floods: u64,
+    dead_after: Duration,
 }
 
 impl Links {
-    /// Every link starts down with a dial due at `now`.
-    pub fn new(me: String, neighbours: Vec<(String, SocketAddr)>, now: Instant, seed: u64) -> Links {
+    /// Every link starts down with a dial due at `now`. An inbound link silent for
+    /// `dead_after` is closed.
+    pub fn new(
+        me: String,
+        neighbours: Vec<(String, SocketAddr)>,
+        dead_after: Duration,
+        now: Instant,
+        seed: u64,
+    ) -> Links {
         let mut timers = TimerWheel::new(TIMER_TICK, TIMER_SLOTS, now);
         let neighbours = neighbours
             .into_iter()
@@ -121,6 +142,8 @@ impl Links {
                 out_limit: MIN_OUT_LIMIT,
                 inbound: None,
                 flooded: 0,
+                last_sent: now,
+                last_heard: now,
             })
             .collect();
         Links {
@@ -130,6 +153,7 @@ impl Links {
             jitter: Jitter::new(seed),
             commands: Vec::new(),
             floods: 0,
+            dead_after,
         }
     }
 
@@ -166,8 +190,52 @@ impl Links {
                         });
                     }
                 }
+                LinkTimer::Heartbeat(n, conn) => self.heartbeat(n, conn, now),
+                LinkTimer::Silence(n, conn) => self.check_silence(n, conn, now),
             }
         }
+    }
+
+    /// An outbound link that sent nothing for `HEARTBEAT` gets an empty line. A timer for
+    /// a connection that is no longer the link is simply dropped.
+    fn heartbeat(&mut self, n: NeighbourId, conn: ConnId, now: Instant) {
+        let nb = &mut self.neighbours[n.0];
+        if nb.out != (Out::Up { conn }) {
+            return;
+        }
+        let due = nb.last_sent + HEARTBEAT;
+        let next = if now >= due {
+            nb.last_sent = now;
+            self.commands.push(Command::Send {
+                conn,
+                bytes: b"\n".to_vec(),
+            });
+            now + HEARTBEAT
+        } else {
+            due
+        };
+        self.timers.insert(next, LinkTimer::Heartbeat(n, conn));
+    }
+
+    /// An inbound link that brought nothing for `dead_after` is closed: the path is dead
+    /// or the neighbour is gone without a reset (SPEC §5).
+    fn check_silence(&mut self, n: NeighbourId, conn: ConnId, now: Instant) {
+        let nb = &self.neighbours[n.0];
+        if nb.inbound != Some(conn) {
+            return;
+        }
+        let due = nb.last_heard + self.dead_after;
+        if now >= due {
+            let why = format!("silent for {} ms", self.dead_after.as_millis());
+            self.commands.push(Command::Close { conn, why });
+        } else {
+            self.timers.insert(due, LinkTimer::Silence(n, conn));
+        }
+    }
+
+    /// A line (a record or a heartbeat) arrived on `conn`.
+    pub fn heard(&mut self, from: NeighbourId, now: Instant) {
+        self.neighbours[from.0].last_heard = now;
     }
 
     fn dial(&mut self, n: NeighbourId) {
@@ -208,7 +276,7 @@ impl Links {
     }
 
     /// The dial on `conn` connected: the link is up; HELLO and the whole table go out.
-    pub fn connected(&mut self, conn: ConnId, table: &Table) {
+    pub fn connected(&mut self, conn: ConnId, table: &Table, now: Instant) {
         let Some(n) = self.dialling(conn) else {
             return;
         };
@@ -219,6 +287,8 @@ impl Links {
         nb.out = Out::Up { conn };
         nb.backoff.reset();
         nb.outbox.clear();
+        nb.last_sent = now;
+        self.timers.insert(now + HEARTBEAT, LinkTimer::Heartbeat(n, conn));
         let mut bytes = Vec::new();
         nb.out_limit = greeting(&self.me, table.records().map(|r| &r.line[..]), &mut bytes);
         info!(
@@ -275,9 +345,12 @@ impl Links {
     /// neighbour: `conn` now carries its records, an older connection from it is closed, and
     /// if our link to it is down it is evidently back, so it is dialled now instead of at
     /// the end of a backoff. `None`: refuse the connection.
-    pub fn hello(&mut self, conn: ConnId, name: &[u8]) -> Option<NeighbourId> {
+    pub fn hello(&mut self, conn: ConnId, name: &[u8], now: Instant) -> Option<NeighbourId> {
         let n = self.find(|nb| nb.name.as_bytes() == name)?;
         let nb = &mut self.neighbours[n.0];
+        nb.last_heard = now;
+        self.timers
+            .insert(now + self.dead_after, LinkTimer::Silence(n, conn));
         if let Some(old) = nb.inbound.replace(conn)
             && old != conn
         {
@@ -350,7 +423,7 @@ impl Links {
     /// Moves each up link's batched records to its connection. `queued` tells how much
     /// output the connection already holds: a neighbour that lets more than its bound pile
     /// up is stalled, and its link is dropped (it resyncs from the table when it is back).
-    pub fn flush(&mut self, queued: impl Fn(ConnId) -> usize) {
+    pub fn flush(&mut self, now: Instant, queued: impl Fn(ConnId) -> usize) {
         for nb in &mut self.neighbours {
             let Out::Up { conn } = nb.out else {
                 continue;
@@ -367,6 +440,7 @@ impl Links {
                 });
             } else {
                 let bytes = std::mem::take(&mut nb.outbox);
+                nb.last_sent = now;
                 self.commands.push(Command::Send { conn, bytes });
             }
         }
@@ -413,6 +487,7 @@ mod tests {
     use super::*;
     use crate::protocol::Timestamp;
 
+    const DEAD_AFTER: Duration = Duration::from_millis(3000);
     const A: NeighbourId = NeighbourId(0);
     const B: NeighbourId = NeighbourId(1);
     const C: NeighbourId = NeighbourId(2);
@@ -436,6 +511,7 @@ mod tests {
         let mut l = Links::new(
             "Me".into(),
             ns.map(|(i, n)| (n.to_string(), addr(i as u16 + 1))).collect(),
+            DEAD_AFTER,
             t0,
             7,
         );
@@ -461,7 +537,7 @@ mod tests {
     /// Brings neighbour `n`'s link up on `c` at `now`; returns the greeting sent.
     fn up(l: &mut Links, n: NeighbourId, c: ConnId, now: Instant, table: &Table) -> Vec<u8> {
         l.dial_started(n, c, now);
-        l.connected(c, table);
+        l.connected(c, table, now);
         match commands(l).pop() {
             Some(Command::Send { conn, bytes }) if conn == c => bytes,
             other => panic!("no greeting on link-up: {other:?}"),
@@ -602,7 +678,7 @@ mod tests {
             now += next_dial(&mut l, A, now);
         }
         l.dial_failed(A, "refused", now);
-        assert_eq!(l.hello(conn(9), b"A"), Some(A));
+        assert_eq!(l.hello(conn(9), b"A", now), Some(A));
         assert_eq!(commands(&mut l), vec![Command::Dial { n: A, addr: addr(1) }]);
         // The backoff's retry was cancelled: no second dial when it would have been due.
         l.dial_started(A, conn(0), now);
@@ -616,8 +692,8 @@ mod tests {
         let mut l = links(t0);
         up(&mut l, A, conn(0), t0, &Table::default());
         l.dial_started(B, conn(1), t0);
-        assert_eq!(l.hello(conn(8), b"A"), Some(A));
-        assert_eq!(l.hello(conn(9), b"B"), Some(B));
+        assert_eq!(l.hello(conn(8), b"A", t0), Some(A));
+        assert_eq!(l.hello(conn(9), b"B", t0), Some(B));
         assert_eq!(commands(&mut l), vec![]);
     }
 
@@ -626,9 +702,9 @@ mod tests {
         let t0 = Instant::now();
         let mut l = links(t0);
         up(&mut l, A, conn(0), t0, &Table::default());
-        l.hello(conn(8), b"A");
+        l.hello(conn(8), b"A", t0);
         assert_eq!(l.inbound_from(conn(8)), Some(A));
-        l.hello(conn(9), b"A");
+        l.hello(conn(9), b"A", t0);
         assert_eq!(
             commands(&mut l),
             vec![Command::Close {
@@ -648,7 +724,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = links(t0);
         for name in [&b"Me"[..], b"a", b"Nobody", b""] {
-            assert_eq!(l.hello(conn(9), name), None);
+            assert_eq!(l.hello(conn(9), name, t0), None);
         }
         assert_eq!(commands(&mut l), vec![]);
     }
@@ -663,7 +739,7 @@ mod tests {
         }
         let shown = l.flood(b"AT X +0.000000001 k +1+1 5", Some(B)).to_string();
         assert_eq!(shown, " | forwarded to A, C");
-        l.flush(|_| 0);
+        l.flush(t0, |_| 0);
         let line = b"AT X +0.000000001 k +1+1 5\n".to_vec();
         assert_eq!(
             commands(&mut l),
@@ -678,7 +754,7 @@ mod tests {
                 },
             ]
         );
-        l.flush(|_| 0);
+        l.flush(t0, |_| 0);
         assert_eq!(commands(&mut l), vec![], "an outbox is sent once");
     }
 
@@ -694,7 +770,7 @@ mod tests {
         );
         l.closed(conn(0), "reset", t0);
         assert_eq!(l.flood(b"AT X +0.000000001 k +1+1 6", None).to_string(), "");
-        l.flush(|_| 0);
+        l.flush(t0, |_| 0);
         assert_eq!(
             commands(&mut l),
             vec![],
@@ -708,13 +784,13 @@ mod tests {
         let mut l = links(t0);
         up(&mut l, A, conn(0), t0, &Table::default());
         l.flood(b"AT X +0.000000001 k +1+1 5", None);
-        l.flush(|_| MIN_OUT_LIMIT - 100);
+        l.flush(t0, |_| MIN_OUT_LIMIT - 100);
         assert!(
             matches!(commands(&mut l)[..], [Command::Send { .. }]),
             "under the bound"
         );
         l.flood(b"AT X +0.000000001 k +1+1 6", None);
-        l.flush(|_| MIN_OUT_LIMIT);
+        l.flush(t0, |_| MIN_OUT_LIMIT);
         match &commands(&mut l)[..] {
             [Command::Close { conn: c, why }] => {
                 assert_eq!(*c, conn(0));
@@ -732,7 +808,7 @@ mod tests {
         for (n, c) in [(A, 0), (B, 1)] {
             up(&mut l, n, conn(c), t0, &table);
         }
-        l.hello(conn(9), b"A");
+        l.hello(conn(9), b"A", t0);
         let servers = ["X".to_string(), "Me".to_string()];
         let mut scratch = Vec::new();
         let messy = Line::Complete(b" AT\tX  +0.000000001 k\x0b+1+1 5 ");
@@ -745,7 +821,7 @@ mod tests {
             Some((b"AT X +0.000000001 k +1+1 5".to_vec(), b"+1+1".to_vec()))
         );
         assert!(table.get(b"s").is_none(), "unknown origin stored");
-        l.flush(|_| 0);
+        l.flush(t0, |_| 0);
         assert_eq!(
             commands(&mut l),
             vec![Command::Send {
@@ -762,7 +838,84 @@ mod tests {
             &servers,
             &mut scratch,
         );
-        l.flush(|_| 0);
+        l.flush(t0, |_| 0);
         assert_eq!(commands(&mut l), vec![]);
+    }
+
+    #[test]
+    fn an_up_link_silent_for_a_second_gets_a_heartbeat() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        up(&mut l, A, conn(0), t0, &Table::default());
+        l.expire(t0 + HEARTBEAT - ms(1));
+        assert_eq!(commands(&mut l), vec![], "not before a second");
+        l.expire(t0 + HEARTBEAT + TIMER_TICK);
+        let beat = Command::Send {
+            conn: conn(0),
+            bytes: b"\n".to_vec(),
+        };
+        assert_eq!(commands(&mut l), vec![beat]);
+        // A record sent resets the second.
+        let sent = t0 + ms(1500);
+        l.flood(b"AT X +0.000000001 k +1+1 5", None);
+        l.flush(sent, |_| 0);
+        commands(&mut l);
+        l.expire(sent + HEARTBEAT - ms(5));
+        assert_eq!(
+            commands(&mut l),
+            vec![],
+            "a record went out {:?} ago",
+            HEARTBEAT - ms(5)
+        );
+        l.expire(sent + HEARTBEAT + TIMER_TICK);
+        assert!(matches!(&commands(&mut l)[..], [Command::Send { bytes, .. }] if bytes == b"\n"));
+    }
+
+    #[test]
+    fn a_link_that_went_down_gets_no_heartbeat() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        up(&mut l, A, conn(0), t0, &Table::default());
+        l.closed(conn(0), "reset", t0);
+        l.expire(t0 + HEARTBEAT + TIMER_TICK);
+        let sends = commands(&mut l)
+            .into_iter()
+            .filter(|c| matches!(c, Command::Send { .. }))
+            .count();
+        assert_eq!(sends, 0);
+    }
+
+    #[test]
+    fn an_inbound_link_silent_for_dead_after_is_closed() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        l.hello(conn(9), b"A", t0);
+        commands(&mut l); // the dial-back
+        let heard = t0 + ms(2000);
+        l.heard(A, heard);
+        l.expire(t0 + DEAD_AFTER + TIMER_TICK);
+        assert_eq!(commands(&mut l), vec![], "heard {:?} ago", DEAD_AFTER - ms(2000));
+        l.expire(heard + DEAD_AFTER + TIMER_TICK);
+        assert_eq!(
+            commands(&mut l),
+            vec![Command::Close {
+                conn: conn(9),
+                why: "silent for 3000 ms".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_replaced_inbound_link_leaves_no_silence_check_on_its_successor() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        l.hello(conn(8), b"A", t0);
+        let second = t0 + ms(2000);
+        l.hello(conn(9), b"A", second);
+        commands(&mut l);
+        l.expire(t0 + DEAD_AFTER + TIMER_TICK);
+        assert_eq!(commands(&mut l), vec![], "the first connection's check is void");
+        l.expire(second + DEAD_AFTER + TIMER_TICK);
+        assert!(matches!(&commands(&mut l)[..], [Command::Close { conn: c, .. }] if *c == conn(9)));
     }
 }

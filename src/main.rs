@@ -85,6 +85,8 @@ fn run(args: cli::Args) -> Result<(), String> {
         servers: herd.servers.iter().map(|s| s.name.clone()).collect(),
         // limits.max_connections is wired by the config work; until then, SPEC §7's default.
         max_connections: reactor::DEFAULT_MAX_CONNECTIONS,
+        // peers.dead_after_ms likewise (SPEC §5's default).
+        dead_after: links::DEFAULT_DEAD_AFTER,
     };
     let reactor = reactor::Reactor::bind(settings, &herd.places, key).map_err(|e| e.to_string())?;
     let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level)?;

@@ -81,6 +81,8 @@ pub struct Settings {
     /// Client connections open at once; past it a new one is accepted and closed at once.
     /// 0 = no cap.
     pub max_connections: usize,
+    /// An inbound neighbour link silent this long is closed (`peers.dead_after_ms`).
+    pub dead_after: Duration,
 }
 
 pub struct Reactor {
@@ -210,7 +212,13 @@ impl Reactor {
             .unwrap_or(0)
             ^ u64::from(std::process::id()) << 32;
         let now = Instant::now();
-        let links = Links::new(settings.name.clone(), settings.neighbours, now, seed);
+        let links = Links::new(
+            settings.name.clone(),
+            settings.neighbours,
+            settings.dead_after,
+            now,
+            seed,
+        );
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -224,6 +232,7 @@ impl Reactor {
                 links,
                 pool,
                 scratch: Vec::new(),
+                now,
             },
             max_line: settings.max_line,
             ready: VecDeque::new(),
@@ -254,6 +263,7 @@ impl Reactor {
                 return Err(e);
             }
             now = Instant::now();
+            self.sh.now = now;
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(LISTENER, now),
@@ -500,7 +510,7 @@ impl Reactor {
         };
         match failed {
             Some(e) => self.close(id, &e.to_string(), now),
-            None => self.sh.links.connected(id, &self.sh.table),
+            None => self.sh.links.connected(id, &self.sh.table, now),
         }
     }
 
@@ -576,7 +586,7 @@ impl Reactor {
         let conns = &self.conns;
         self.sh
             .links
-            .flush(|id| conns.get(id).map_or(0, |c| c.output.len()));
+            .flush(now, |id| conns.get(id).map_or(0, |c| c.output.len()));
         self.run_commands(now);
         let mut dirty = std::mem::take(&mut self.dirty);
         for id in dirty.drain(..) {
@@ -729,9 +739,11 @@ fn on_line(
     match role {
         Role::Client => session.on_line(sh, id, output, line),
         Role::PeerIn => match sh.links.inbound_from(id) {
-            Some(n) => sh
-                .links
-                .record(n, line, &mut sh.table, &sh.servers, &mut sh.scratch),
+            Some(n) => {
+                sh.links.heard(n, sh.now);
+                sh.links
+                    .record(n, line, &mut sh.table, &sh.servers, &mut sh.scratch)
+            }
             None => hello_line(sh, id, session, output, state, line),
         },
         Role::PeerOut => sh.links.heard_on_outbound(id, line),
@@ -749,7 +761,7 @@ fn hello_line(
     line: Line<'_>,
 ) {
     let neighbour = match line {
-        Line::Complete(l) => protocol::parse_hello(l).and_then(|name| sh.links.hello(id, name)),
+        Line::Complete(l) => protocol::parse_hello(l).and_then(|name| sh.links.hello(id, name, sh.now)),
         Line::Overlong(_) => None,
     };
     match neighbour {

@@ -43,6 +43,8 @@ pub struct Shared {
     pub pool: Pool<Tag>,
     /// Reused for each reply and record, so an IAMAT costs no allocation.
     pub scratch: Vec<u8>,
+    /// The loop pass's one reading of the monotonic clock.
+    pub now: std::time::Instant,
 }
 
 /// One client connection's side of the protocol.

@@ -103,6 +103,8 @@ struct Neighbour {
     flooded: u64,
     /// When the outbound link last had bytes sent (for heartbeats).
     last_sent: Instant,
+    /// The link is being closed to be dialled again at once, not after a backoff.
+    redial_now: bool,
     /// When the inbound link last brought a line (for dead paths).
     last_heard: Instant,
 }
@@ -144,6 +146,7 @@ impl Links {
                 flooded: 0,
                 last_sent: now,
                 last_heard: now,
+                redial_now: false,
             })
             .collect();
         Links {
@@ -323,7 +326,11 @@ impl Links {
     /// Marks the link to `n` down and schedules a redial with backoff.
     fn down(&mut self, n: NeighbourId, why: &str, now: Instant) {
         let nb = &mut self.neighbours[n.0];
-        let delay = nb.backoff.next_delay(self.jitter.next_u64());
+        let delay = if std::mem::take(&mut nb.redial_now) {
+            Duration::ZERO
+        } else {
+            nb.backoff.next_delay(self.jitter.next_u64())
+        };
         let retry = self.timers.insert(now + delay, LinkTimer::Redial(n));
         let was = std::mem::replace(&mut nb.out, Out::Down { retry });
         nb.outbox.clear();
@@ -351,17 +358,33 @@ impl Links {
         nb.last_heard = now;
         self.timers
             .insert(now + self.dead_after, LinkTimer::Silence(n, conn));
-        if let Some(old) = nb.inbound.replace(conn)
-            && old != conn
-        {
+        let replaced = nb.inbound.replace(conn).filter(|old| *old != conn);
+        if let Some(old) = replaced {
             self.commands.push(Command::Close {
                 conn: old,
                 why: "replaced by a newer HELLO from the same neighbour".into(),
             });
         }
-        if matches!(self.neighbours[n.0].out, Out::Down { .. }) {
-            self.dial(n);
-        }
+        // SPEC §5: a HELLO says the neighbour is there now, so a link of ours that is not
+        // known good is redialled at once: a dial still connecting may be waiting on a
+        // lost SYN, and an "up" link to a neighbour that dialled us anew while its old
+        // connection never closed is to a host that rebooted without a reset.
+        let why = match nb.out {
+            Out::Down { .. } => {
+                self.dial(n);
+                return Some(n);
+            }
+            Out::Connecting { conn, .. } => (conn, "abandoned: the neighbour said HELLO meanwhile"),
+            Out::Up { conn } if replaced.is_some() => {
+                (conn, "the neighbour evidently restarted (a new HELLO)")
+            }
+            Out::Up { .. } => return Some(n),
+        };
+        nb.redial_now = true;
+        self.commands.push(Command::Close {
+            conn: why.0,
+            why: why.1.into(),
+        });
         Some(n)
     }
 
@@ -687,14 +710,52 @@ mod tests {
     }
 
     #[test]
-    fn a_hello_while_our_link_is_up_or_connecting_dials_nothing() {
+    fn a_first_hello_while_our_link_is_up_changes_nothing() {
         let t0 = Instant::now();
         let mut l = links(t0);
         up(&mut l, A, conn(0), t0, &Table::default());
-        l.dial_started(B, conn(1), t0);
         assert_eq!(l.hello(conn(8), b"A", t0), Some(A));
-        assert_eq!(l.hello(conn(9), b"B", t0), Some(B));
         assert_eq!(commands(&mut l), vec![]);
+    }
+
+    #[test]
+    fn a_hello_while_our_dial_is_connecting_abandons_it_and_dials_at_once() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        l.dial_started(B, conn(1), t0);
+        assert_eq!(l.hello(conn(9), b"B", t0 + ms(100)), Some(B));
+        assert_eq!(
+            commands(&mut l),
+            vec![Command::Close {
+                conn: conn(1),
+                why: "abandoned: the neighbour said HELLO meanwhile".into()
+            }]
+        );
+        let closed = t0 + ms(100);
+        l.closed(conn(1), "abandoned", closed);
+        assert_eq!(next_dial(&mut l, B, closed), ms(0), "no backoff");
+    }
+
+    #[test]
+    fn a_new_hello_over_an_old_inbound_while_up_means_a_restart_and_redials_at_once() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        up(&mut l, A, conn(0), t0, &Table::default());
+        l.hello(conn(8), b"A", t0);
+        // Rebooted without a reset: a new connection and HELLO, the old ones still open.
+        l.hello(conn(9), b"A", t0 + ms(500));
+        let cmds = commands(&mut l);
+        assert!(cmds.contains(&Command::Close {
+            conn: conn(0),
+            why: "the neighbour evidently restarted (a new HELLO)".into()
+        }));
+        let closed = t0 + ms(500);
+        l.closed(conn(0), "restarted", closed);
+        assert_eq!(next_dial(&mut l, A, closed), ms(0), "no backoff");
+        // The next loss backs off as usual.
+        l.dial_started(A, conn(3), closed);
+        l.closed(conn(3), "refused", closed);
+        assert!(next_dial(&mut l, A, closed) > ms(20));
     }
 
     #[test]
@@ -707,10 +768,16 @@ mod tests {
         l.hello(conn(9), b"A", t0);
         assert_eq!(
             commands(&mut l),
-            vec![Command::Close {
-                conn: conn(8),
-                why: "replaced by a newer HELLO from the same neighbour".into()
-            }]
+            vec![
+                Command::Close {
+                    conn: conn(8),
+                    why: "replaced by a newer HELLO from the same neighbour".into()
+                },
+                Command::Close {
+                    conn: conn(0),
+                    why: "the neighbour evidently restarted (a new HELLO)".into()
+                },
+            ]
         );
         assert_eq!(l.inbound_from(conn(9)), Some(A));
         assert_eq!(l.inbound_from(conn(8)), None);

@@ -33,6 +33,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Output queued to a neighbour that does not read, beyond which the link is dropped (and
 /// later resynced from the table): a stalled neighbour must not cost unbounded memory.
 pub const MIN_OUT_LIMIT: usize = 8 << 20;
+/// SPEC §5: after each consecutive drop for not reading, the redial waits twice as long,
+/// up to this, so a frozen host costs its neighbours at most one table resend per period.
+pub const STALL_RETRY_CAP: Duration = Duration::from_secs(30);
 /// SPEC §5: a dialler that has written nothing for this long writes an empty line, so a
 /// dead path shows as a failed write and a silent one as silence at the other end.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -105,6 +108,10 @@ struct Neighbour {
     last_sent: Instant,
     /// The link is being closed to be dialled again at once, not after a backoff.
     redial_now: bool,
+    /// Backoff after drops for not reading; reset once the link is read down to empty.
+    stall_backoff: Backoff,
+    /// The link is being closed because the neighbour does not read.
+    stall_drop: bool,
     /// When the inbound link last brought a line (for dead paths).
     last_heard: Instant,
 }
@@ -147,6 +154,8 @@ impl Links {
                 last_sent: now,
                 last_heard: now,
                 redial_now: false,
+                stall_backoff: Backoff::new(RETRY_BASE, STALL_RETRY_CAP),
+                stall_drop: false,
             })
             .collect();
         Links {
@@ -328,6 +337,8 @@ impl Links {
         let nb = &mut self.neighbours[n.0];
         let delay = if std::mem::take(&mut nb.redial_now) {
             Duration::ZERO
+        } else if std::mem::take(&mut nb.stall_drop) {
+            nb.stall_backoff.next_delay(self.jitter.next_u64())
         } else {
             nb.backoff.next_delay(self.jitter.next_u64())
         };
@@ -451,12 +462,27 @@ impl Links {
             let Out::Up { conn } = nb.out else {
                 continue;
             };
+            let held = queued(conn);
+            if held == 0 {
+                // Read down to empty: it is reading again, so drops count from scratch.
+                nb.stall_backoff.reset();
+            }
             if nb.outbox.is_empty() {
                 continue;
             }
-            let total = queued(conn) + nb.outbox.len();
+            let total = held + nb.outbox.len();
             if total > nb.out_limit {
                 nb.outbox.clear();
+                nb.stall_drop = true;
+                let drops = nb.stall_backoff.attempts() + 1;
+                if drops == 1 {
+                    warn!(
+                        "link to {}: not reading, {total} bytes queued: dropping it",
+                        nb.name
+                    );
+                } else {
+                    info!("link to {}: still not reading (drop {drops} in a row)", nb.name);
+                }
                 self.commands.push(Command::Close {
                     conn,
                     why: format!("neighbour is not reading ({total} bytes queued)"),
@@ -984,5 +1010,54 @@ mod tests {
         assert_eq!(commands(&mut l), vec![], "the first connection's check is void");
         l.expire(second + DEAD_AFTER + TIMER_TICK);
         assert!(matches!(&commands(&mut l)[..], [Command::Close { conn: c, .. }] if *c == conn(9)));
+    }
+
+    #[test]
+    fn drops_for_not_reading_back_off_doubling_to_30_s_until_the_link_reads() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        let mut now = t0;
+        let stall = |l: &mut Links, now: Instant, c: usize| -> Duration {
+            up(l, A, conn(c), now, &Table::default());
+            l.flood(b"AT X +0.000000001 k +1+1 5", None);
+            l.flush(now, |_| MIN_OUT_LIMIT);
+            assert!(matches!(&commands(l)[..], [Command::Close { .. }]), "dropped");
+            l.closed(conn(c), "not reading", now);
+            let mut k = Duration::ZERO;
+            // Coarse steps: the later delays are seconds long.
+            while k <= STALL_RETRY_CAP + ms(100) {
+                l.expire(now + k);
+                if commands(l).iter().any(|c| matches!(c, Command::Dial { .. })) {
+                    return k;
+                }
+                k += ms(5);
+            }
+            panic!("no redial");
+        };
+        for (i, step) in [50u64, 100, 200, 400, 800, 1600].into_iter().enumerate() {
+            let d = stall(&mut l, now, i);
+            assert!(
+                d > ms(step * 3 / 4) && d <= ms(step) + TIMER_TICK * 2,
+                "drop {i}: {d:?}"
+            );
+            now += d;
+        }
+        // Capped at 30 s after enough drops.
+        for i in 6..12 {
+            let d = stall(&mut l, now, i);
+            assert!(d <= STALL_RETRY_CAP + TIMER_TICK * 2, "{d:?}");
+            now += d;
+        }
+        let last = stall(&mut l, now, 12);
+        assert!(last > STALL_RETRY_CAP * 3 / 4, "{last:?}");
+        now += last;
+        // Once it reads down to empty, a drop starts from the first step again.
+        up(&mut l, A, conn(20), now, &Table::default());
+        l.flush(now, |_| 0);
+        l.flood(b"AT X +0.000000001 k +1+1 6", None);
+        l.flush(now, |_| MIN_OUT_LIMIT);
+        commands(&mut l);
+        l.closed(conn(20), "not reading", now);
+        assert!(next_dial(&mut l, A, now) <= ms(50) + TIMER_TICK);
     }
 }

@@ -399,6 +399,11 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// Attempts counted since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
 }
 
 /// Lets a repeated warning through at most once per `every`, counting the ones it held

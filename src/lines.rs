@@ -194,13 +194,19 @@ impl WriteQueue {
         self.len() == 0
     }
 
-    /// The buffer to append output to.
-    pub fn buf(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
-    }
-
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Like `push`, but takes the bytes whole when nothing is queued (a table sync can be
+    /// megabytes: no second copy).
+    pub fn append(&mut self, bytes: Vec<u8>) {
+        if self.is_empty() {
+            self.buf = bytes;
+            self.sent = 0;
+        } else {
+            self.buf.extend_from_slice(&bytes);
+        }
     }
 
     /// Writes as much as the sink takes. Ok(true) when everything was written.

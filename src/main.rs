@@ -10,15 +10,16 @@ mod cli;
 mod config;
 mod legacy_json;
 mod lines;
+mod links;
 mod log_file;
 mod logging;
 // Wired into the reactor by the lead (issue 14); unused until then.
 #[allow(dead_code)]
 mod metrics;
-mod peers;
 mod places;
 mod protocol;
 mod reactor;
+mod session;
 mod slab;
 #[allow(dead_code)]
 mod snapshot;
@@ -92,6 +93,11 @@ fn run(args: cli::Args) -> Result<(), String> {
         client_addr,
         peer_addr,
         neighbours,
+        servers: herd.servers.iter().map(|s| s.name.clone()).collect(),
+        // limits.max_connections is wired by the config work; until then, SPEC §7's default.
+        max_connections: reactor::DEFAULT_MAX_CONNECTIONS,
+        // peers.dead_after_ms likewise (SPEC §5's default).
+        dead_after: links::DEFAULT_DEAD_AFTER,
     };
     let reactor = reactor::Reactor::bind(settings, &herd.places, key).map_err(|e| e.to_string())?;
     let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level)?;

@@ -5,6 +5,7 @@
 //! does I/O or reads a clock: the caller passes the time in, which keeps this module
 //! deterministic and testable byte for byte.
 
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -418,26 +419,52 @@ fn write_u64(mut n: u64, out: &mut Vec<u8>) {
 }
 
 /// Appends "AT <server> <diff> <client> <raw_location> <raw_time>" without a newline, so the
-/// same bytes serve as the stored record, the reply line and the propagated line.
-pub fn write_at_line(server: &str, now: Timestamp, req: &Iamat<'_>, out: &mut Vec<u8>) {
+/// same bytes serve as the stored record, the reply line and the propagated line. Returns
+/// where the location landed in `out`, so WHATSAT can read it without parsing the line.
+pub fn write_at_line(server: &str, now: Timestamp, req: &Iamat<'_>, out: &mut Vec<u8>) -> Range<usize> {
     out.extend_from_slice(b"AT ");
     out.extend_from_slice(server.as_bytes());
     out.push(b' ');
     write_diff(now, req.time, out);
-    for part in [req.client, req.raw_location, req.raw_time] {
-        out.push(b' ');
-        out.extend_from_slice(part);
-    }
+    out.push(b' ');
+    out.extend_from_slice(req.client);
+    out.push(b' ');
+    let location = out.len()..out.len() + req.raw_location.len();
+    out.extend_from_slice(req.raw_location);
+    out.push(b' ');
+    out.extend_from_slice(req.raw_time);
+    location
 }
 
 /// A record received from a neighbour.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AtRecord<'a> {
     pub server: &'a [u8],
+    pub diff: &'a [u8],
     pub client: &'a [u8],
     /// Checked by `Location::is_valid`.
     pub raw_location: &'a [u8],
     pub time: Timestamp,
+    pub raw_time: &'a [u8],
+}
+
+impl AtRecord<'_> {
+    /// SPEC §3: the record rebuilt from its six fields with single spaces (no newline), the
+    /// form it is stored and forwarded in, so the blanks a neighbour sent never reach a
+    /// client. For a line `write_at_line` made, this is the line itself. Returns where the
+    /// location landed in `out`, as `write_at_line` does.
+    pub fn write_canonical(&self, out: &mut Vec<u8>) -> Range<usize> {
+        out.extend_from_slice(b"AT ");
+        for part in [self.server, self.diff, self.client] {
+            out.extend_from_slice(part);
+            out.push(b' ');
+        }
+        let location = out.len()..out.len() + self.raw_location.len();
+        out.extend_from_slice(self.raw_location);
+        out.push(b' ');
+        out.extend_from_slice(self.raw_time);
+        location
+    }
 }
 
 /// `[+-]D+.DDDDDDDDD`: the shape `write_diff` produces.
@@ -457,9 +484,11 @@ pub fn parse_at_record(line: &[u8]) -> Option<AtRecord<'_>> {
     Location::is_valid(raw_location).then_some(())?;
     Some(AtRecord {
         server,
+        diff,
         client,
         raw_location,
         time: Timestamp::parse(raw_time)?,
+        raw_time,
     })
 }
 
@@ -931,11 +960,32 @@ mod tests {
                 rec,
                 AtRecord {
                     server: b"Bailey",
+                    diff: b"+0.263873386",
                     client: b"kiwi.cs.ucla.edu",
                     raw_location: b"+34.068930-118.445127",
                     time: ts(1_621_464_827, 959_498_503),
+                    raw_time: b"1621464827.959498503",
                 }
             );
+        }
+
+        #[test]
+        fn canonical_form_has_single_spaces_and_no_stray_blanks() {
+            let line = b"\tAT  Bailey\x0B+0.263873386 \t kiwi.cs.ucla.edu\x0C+34.068930-118.445127   1621464827.959498503\r ";
+            let mut out = Vec::new();
+            parse_at_record(line)
+                .expect("valid record")
+                .write_canonical(&mut out);
+            assert_eq!(out, RECORD);
+        }
+
+        #[test]
+        fn canonical_form_of_a_canonical_record_is_itself() {
+            let mut out = Vec::new();
+            parse_at_record(RECORD)
+                .expect("valid record")
+                .write_canonical(&mut out);
+            assert_eq!(out, RECORD);
         }
 
         #[test]
@@ -946,12 +996,17 @@ mod tests {
                 panic!("not an IAMAT");
             };
             let mut line = Vec::new();
-            write_at_line("Jaquez", time_of("1"), &req, &mut line);
+            let loc = write_at_line("Jaquez", time_of("1"), &req, &mut line);
             let rec = parse_at_record(&line).expect("valid record");
             assert_eq!(rec.server, b"Jaquez");
             assert_eq!(rec.client, req.client);
             assert_eq!(rec.raw_location, req.raw_location);
             assert_eq!(rec.time, req.time);
+            let mut again = Vec::new();
+            let at = rec.write_canonical(&mut again);
+            assert_eq!(again, line, "an AT line we wrote is already canonical");
+            assert_eq!(at, loc, "both report the location at the same place");
+            assert_eq!(&line[loc], req.raw_location);
         }
 
         fn record(line: &[u8], valid: bool) {

@@ -1,22 +1,21 @@
-//! The reactor: one thread and one `mio::Poll` that own every socket of this server.
+//! The reactor: the I/O shell. One thread and one `mio::Poll` own every socket of this
+//! server; the protocol lives in `session` (client lines) and `links` (neighbour links),
+//! which never touch a socket. The reactor carries out what they ask.
 //!
 //! ```text
 //!   client listener ─┐                          ┌─ Places pool threads (blocking ureq)
 //!   peer listener ───┤                          │     results: channel + Waker
 //!   client sockets ──┼─ Poll ── reactor loop ───┤
-//!   neighbour links ─┘     │                    └─ timer wheel: reconnects, timeouts
-//!                  slab: token → Conn (with generation)
+//!   neighbour links ─┘     │                    └─ links: state machine + link timers
+//!                  slab: ConnId (token + generation) → Conn
 //! ```
 //!
-//! Each loop pass: poll (timeout from the timer wheel, or zero while work is pending),
-//! dispatch events, give every connection with input a turn of at most `LINES_PER_TURN`
-//! messages (fairness: one pipelining client cannot starve the rest), act on the HELLOs
-//! that turn saw, then move each neighbour's batched records to its link, flush every
-//! connection that got output, and flush the log. Nothing here blocks: sockets are
+//! Each loop pass takes one `now` after the poll and uses it throughout: dispatch events,
+//! run the link timers, give every connection with input a turn of at most
+//! `LINES_PER_TURN` messages (fairness: one pipelining client cannot starve the rest),
+//! carry out the links' commands, move each neighbour's batched records to its link, flush
+//! every connection that got output, and flush the log. Nothing here blocks: sockets are
 //! non-blocking and Places calls run on the pool.
-//!
-//! A client connection answers in request order: a WHATSAT waiting on Places holds back
-//! the replies queued after it on that connection, and only there.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
@@ -30,13 +29,14 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::lines::{Fill, Line, LineReader, WriteQueue};
+use crate::links::{Command, Links, NeighbourId};
 use crate::logging::Shown;
-use crate::peers::{self, Link, Neighbour};
-use crate::places::{self, Pool, Submit};
-use crate::protocol::{self, Location, Parsed, Request, Timestamp};
-use crate::slab::Slab;
+use crate::places::Pool;
+use crate::protocol;
+use crate::session::{Session, Shared};
+use crate::slab::{ConnId, Slab};
 use crate::table::Table;
-use crate::timer::{Jitter, TimerWheel};
+use crate::timer::Throttle;
 
 // Fixed tokens live at the top of the token space; connection slots use 0.. .
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -46,14 +46,9 @@ const SIGNALS: Token = Token(usize::MAX - 4);
 
 const EVENTS_CAPACITY: usize = 1024;
 /// One read lands here before it is copied to its connection's buffer.
-const SCRATCH_SIZE: usize = 64 * 1024;
+const READ_BUF_SIZE: usize = 64 * 1024;
 /// Messages one connection may have served per turn before the others get theirs.
 const LINES_PER_TURN: usize = 64;
-/// Stop reading a client's input while this much of its output is unsent (the client is
-/// not reading its replies); resume once it drains.
-const OUT_HIGH: usize = 256 * 1024;
-/// WHATSATs one connection may have waiting on Places before its input is paused.
-const MAX_WAITING: usize = 64;
 /// Places jobs that may wait for a worker before WHATSAT is answered "server busy".
 const PLACES_QUEUE: usize = 1024;
 /// The longest the loop sleeps, so housekeeping never stalls on a quiet server.
@@ -64,34 +59,13 @@ const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// Retry delay after `accept` fails for lack of resources (EMFILE and the like).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
-const TIMER_TICK: Duration = Duration::from_millis(5);
-const TIMER_SLOTS: usize = 512;
+/// A failure that repeats (out of descriptors, over the connection cap) is logged at most
+/// this often (SPEC §7).
+const WARN_EVERY: Duration = Duration::from_secs(1);
+/// `Settings::max_connections` unless configured (SPEC §7).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// An AT record is an IAMAT plus a server name and a diff; neighbours get room for that.
 const PEER_LINE_SLACK: usize = 512;
-
-/// What a Places answer is addressed to: a connection slot, the generation of the
-/// connection that asked, and the reply's place in that connection's order.
-pub struct Tag {
-    token: usize,
-    generation: u32,
-    seq: u64,
-}
-
-/// Places lookups are served round-robin over connections: one per (slot, generation).
-impl places::Fair for Tag {
-    fn connection(&self) -> u64 {
-        (self.token as u64) ^ (u64::from(self.generation) << 32)
-    }
-}
-
-/// Timer payloads.
-enum Timer {
-    RetryAccept,
-    /// Dial neighbour n again.
-    Redial(usize),
-    /// Give up on the dial to neighbour n.
-    ConnectTimeout(usize),
-}
 
 /// What this server is, for the reactor.
 pub struct Settings {
@@ -101,6 +75,14 @@ pub struct Settings {
     pub peer_addr: SocketAddr,
     /// Each neighbour's name and peer address.
     pub neighbours: Vec<(String, SocketAddr)>,
+    /// Every server of herd.yml: a record from a neighbour naming another origin is
+    /// malformed (SPEC §3).
+    pub servers: Vec<String>,
+    /// Client connections open at once; past it a new one is accepted and closed at once.
+    /// 0 = no cap.
+    pub max_connections: usize,
+    /// An inbound neighbour link silent this long is closed (`peers.dead_after_ms`).
+    pub dead_after: Duration,
 }
 
 pub struct Reactor {
@@ -109,161 +91,73 @@ pub struct Reactor {
     peer_listener: Option<TcpListener>,
     signals: signal_hook_mio::v1_0::Signals,
     conns: Slab<Conn>,
-    core: Core,
+    sh: Shared,
+    max_line: usize,
     /// Connections with input left to serve, in turn order.
-    ready: VecDeque<usize>,
+    ready: VecDeque<ConnId>,
     /// Connections with output to flush this pass.
-    dirty: Vec<usize>,
-    timers: TimerWheel<Timer>,
-    scratch: Vec<u8>,
-    jitter: Jitter,
+    dirty: Vec<ConnId>,
+    read_buf: Vec<u8>,
+    /// The links' commands being carried out (kept for its allocation).
+    commands: Vec<Command>,
     log_flushed_at: Instant,
+    accept: AcceptState,
 }
 
-/// State the message handlers need besides the connection itself.
-struct Core {
-    name: String,
-    max_line: usize,
-    table: Table,
-    pool: Pool<Tag>,
-    neighbours: Vec<Neighbour>,
-    /// Reused for each AT reply, so an IAMAT costs no allocation.
-    reply: Vec<u8>,
-    /// HELLOs accepted during this pass's turns: (connection, neighbour). Acting on them
-    /// touches other connections, so it happens after the turn.
-    hellos: Vec<(usize, usize)>,
+/// Keeps descriptor exhaustion from feeding on itself (SPEC §7): one retry at most,
+/// whichever listener failed, and one log line a second.
+struct AcceptState {
+    max_clients: usize,
+    /// Client connections open now.
+    clients: usize,
+    retry_at: Option<Instant>,
+    failed: Throttle,
+    refused: Throttle,
 }
 
 /// What a connection is for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Role {
     Client,
-    /// Accepted on the peer port; `from` is known once its HELLO names a neighbour.
-    PeerIn {
-        from: Option<usize>,
-    },
-    /// Dialled by us to neighbour `n`; records go out on it.
-    PeerOut {
-        n: usize,
-    },
+    /// Accepted on the peer port; `links` knows once its HELLO names a neighbour.
+    PeerIn,
+    /// Dialled by us to a neighbour; records go out on it.
+    PeerOut,
+}
+
+/// How far a connection's input has got.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Input {
+    /// Serving input. `unread`: the socket may hold more (no `WouldBlock` since the last
+    /// readable event).
+    Open { unread: bool },
+    /// The peer closed its sending side; whatever is buffered is the last input.
+    Eof,
+    /// No more input will be served: once the replies are flushed the connection closes.
+    Done,
 }
 
 struct Conn {
     stream: TcpStream,
-    input: LineReader,
-    /// Everything else, apart so a line borrowed from `input` can be handled while the
-    /// rest of the connection changes.
-    s: Session,
-}
-
-struct Session {
     addr: SocketAddr,
-    /// `addr` as text, formatted once for the log lines of every message.
-    peer: Box<str>,
-    /// The peer closed or failed (per the event): read on until EOF or the error.
-    peer_closed: bool,
-    generation: u32,
     role: Role,
+    input: LineReader,
+    state: Input,
+    /// Not served while the client is backpressured; resumed when its output drains.
+    paused: bool,
+    /// The event said the peer closed or failed: read on until EOF or the error.
+    hup: bool,
     output: WriteQueue,
-    replies: Replies,
-    /// The socket may hold unread input (no `WouldBlock` seen since the last readable event).
-    can_read: bool,
-    /// The peer closed its sending side; whatever is buffered is the last input.
-    eof: bool,
-    /// No more input will be served: once the replies are flushed the connection closes.
-    input_done: bool,
-    /// Stopped serving input because of backpressure; resume when output drains.
-    stalled: bool,
-    scheduled: bool,
-    dirty: bool,
+    session: Session,
+    // The reactor's bookkeeping: each queue holds a connection at most once.
+    in_ready: bool,
+    in_dirty: bool,
     writable_interest: bool,
 }
 
-/// Replies held back behind a WHATSAT that waits on Places.
-#[derive(Default)]
-struct Replies {
-    queue: VecDeque<Reply>,
-    next_seq: u64,
-    waiting: usize,
-    bytes: usize,
-}
-
-enum Reply {
-    Ready(Vec<u8>),
-    Waiting { seq: u64, at_line: Box<[u8]> },
-}
-
-impl Replies {
-    /// Appends a finished reply: straight to the socket's queue unless an earlier reply is
-    /// still waiting.
-    fn push(&mut self, out: &mut WriteQueue, bytes: &[u8]) {
-        if self.queue.is_empty() {
-            out.push(bytes);
-            return;
-        }
-        self.bytes += bytes.len();
-        if let Some(Reply::Ready(last)) = self.queue.back_mut() {
-            last.extend_from_slice(bytes);
-        } else {
-            self.queue.push_back(Reply::Ready(bytes.to_vec()));
-        }
-    }
-
-    /// Reserves the next place in order for a WHATSAT whose JSON is not known yet.
-    fn wait(&mut self, at_line: Box<[u8]>) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.waiting += 1;
-        self.queue.push_back(Reply::Waiting { seq, at_line });
-        seq
-    }
-
-    /// Fills the waiting reply `seq` and releases every reply now at the front. Returns
-    /// the AT line it answered, for the log.
-    fn complete(&mut self, seq: u64, json: &str, out: &mut WriteQueue) -> Option<Box<[u8]>> {
-        let slot = self
-            .queue
-            .iter_mut()
-            .find(|r| matches!(r, Reply::Waiting { seq: s, .. } if *s == seq))?;
-        let Reply::Waiting { at_line, .. } = slot else {
-            return None;
-        };
-        let line = std::mem::take(at_line);
-        let mut reply = Vec::with_capacity(line.len() + json.len() + 3);
-        write_whatsat_reply(&line, json, &mut reply);
-        self.bytes += reply.len();
-        *slot = Reply::Ready(reply);
-        self.waiting -= 1;
-        while let Some(Reply::Ready(_)) = self.queue.front() {
-            if let Some(Reply::Ready(bytes)) = self.queue.pop_front() {
-                self.bytes -= bytes.len();
-                out.push(&bytes);
-            }
-        }
-        Some(line)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-}
-
-/// SPEC §2: the stored AT line, `\n`, the JSON, `\n\n`.
-fn write_whatsat_reply(at_line: &[u8], json: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(at_line);
-    out.push(b'\n');
-    out.extend_from_slice(json.as_bytes());
-    out.extend_from_slice(b"\n\n");
-}
-
-impl Session {
-    /// True while the client is behind on reading or has too much waiting on Places.
-    fn backpressured(&self) -> bool {
-        self.output.len() + self.replies.bytes >= OUT_HIGH || self.replies.waiting >= MAX_WAITING
-    }
-
+impl Conn {
     fn finished(&self) -> bool {
-        self.input_done && self.replies.is_empty() && self.output.is_empty()
+        self.state == Input::Done && self.session.is_idle() && self.output.is_empty()
     }
 }
 
@@ -312,79 +206,89 @@ impl Reactor {
             Waker::new(poll.registry(), WAKER).map_err(|e| StartError::Io("cannot create waker", e))?;
         let pool = Pool::start(places_cfg, places_key, Arc::new(waker), PLACES_QUEUE)
             .map_err(|e| StartError::Io("cannot start Places workers", e))?;
-        let now = Instant::now();
-        let mut timers = TimerWheel::new(TIMER_TICK, TIMER_SLOTS, now);
-        // Every link starts down with a dial due at once.
-        let neighbours = settings
-            .neighbours
-            .into_iter()
-            .enumerate()
-            .map(|(i, (name, addr))| Neighbour::new(name, addr, timers.insert(now, Timer::Redial(i))))
-            .collect();
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ u64::from(std::process::id()) << 32;
+        let now = Instant::now();
+        let links = Links::new(
+            settings.name.clone(),
+            settings.neighbours,
+            settings.dead_after,
+            now,
+            seed,
+        );
         Ok(Reactor {
             poll,
             listener: Some(listener),
             peer_listener: Some(peer_listener),
             signals,
             conns: Slab::default(),
-            core: Core {
+            sh: Shared {
                 name: settings.name,
-                max_line: settings.max_line,
+                servers: settings.servers,
                 table: Table::default(),
+                links,
                 pool,
-                neighbours,
-                reply: Vec::new(),
-                hellos: Vec::new(),
+                scratch: Vec::new(),
+                now,
             },
+            max_line: settings.max_line,
             ready: VecDeque::new(),
             dirty: Vec::new(),
-            timers,
-            scratch: vec![0; SCRATCH_SIZE],
-            jitter: Jitter::new(seed),
-            log_flushed_at: Instant::now(),
+            read_buf: vec![0; READ_BUF_SIZE],
+            commands: Vec::new(),
+            log_flushed_at: now,
+            accept: AcceptState {
+                max_clients: settings.max_connections,
+                clients: 0,
+                retry_at: None,
+                failed: Throttle::new(WARN_EVERY),
+                refused: Throttle::new(WARN_EVERY),
+            },
         })
     }
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        let mut expired = Vec::new();
+        let mut now = Instant::now();
         loop {
-            let timeout = self.poll_timeout();
+            let timeout = self.poll_timeout(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            now = Instant::now();
+            self.sh.now = now;
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(LISTENER),
-                    PEER_LISTENER => self.accept(PEER_LISTENER),
+                    LISTENER => self.accept(LISTENER, now),
+                    PEER_LISTENER => self.accept(PEER_LISTENER, now),
                     WAKER => self.places_answers(),
                     SIGNALS => {
                         if self.signalled() {
                             self.shutdown();
                             // No Places call starts after the signal.
-                            self.core.pool.shutdown();
+                            self.sh.pool.shutdown();
                             return Ok(());
                         }
                     }
-                    Token(i) => self.conn_event(i, event),
+                    Token(i) => self.conn_event(i, event, now),
                 }
             }
-            let now = Instant::now();
-            self.timers.expire(now, &mut expired);
-            for timer in expired.drain(..) {
-                self.on_timer(timer);
+            if self.accept.retry_at.is_some_and(|at| now >= at) {
+                self.accept.retry_at = None;
+                self.accept(LISTENER, now);
+                self.accept(PEER_LISTENER, now);
             }
-            self.serve_ready();
-            self.flush_dirty();
+            self.sh.links.expire(now);
+            self.run_commands(now);
+            self.serve_ready(now);
+            self.flush_dirty(now);
             if now >= self.log_flushed_at + LOG_FLUSH_EVERY {
                 crate::logging::flush();
                 self.log_flushed_at = now;
@@ -392,15 +296,17 @@ impl Reactor {
         }
     }
 
-    fn poll_timeout(&self) -> Duration {
+    fn poll_timeout(&self, now: Instant) -> Duration {
         if !self.ready.is_empty() {
             return Duration::ZERO;
         }
-        let now = Instant::now();
-        let mut timeout = match self.timers.next_deadline() {
-            Some(at) => at.saturating_duration_since(now).min(MAX_POLL_WAIT),
-            None => MAX_POLL_WAIT,
-        };
+        let mut timeout = MAX_POLL_WAIT;
+        for at in [self.sh.links.next_deadline(), self.accept.retry_at]
+            .into_iter()
+            .flatten()
+        {
+            timeout = timeout.min(at.saturating_duration_since(now));
+        }
         if crate::logging::unflushed() {
             // Buffered log records reach the file within LOG_FLUSH_EVERY, busy or idle.
             timeout = timeout.min((self.log_flushed_at + LOG_FLUSH_EVERY).saturating_duration_since(now));
@@ -427,36 +333,44 @@ impl Reactor {
             let _ = self.poll.registry().deregister(&mut l);
         }
         let open = self.conns.len();
-        let tokens: Vec<usize> = self.conns.keys().collect();
-        for t in tokens {
-            if let Some(mut conn) = self.conns.remove(t) {
+        let ids: Vec<ConnId> = self.conns.ids().collect();
+        for id in ids {
+            if let Some(mut conn) = self.conns.remove(id) {
                 let _ = self.poll.registry().deregister(&mut conn.stream);
             }
         }
-        info!("{} shut down ({open} connections closed)", self.core.name);
+        info!("{} shut down ({open} connections closed)", self.sh.name);
         crate::logging::flush();
     }
 
-    fn on_timer(&mut self, timer: Timer) {
-        match timer {
-            Timer::RetryAccept => {
-                self.accept(LISTENER);
-                self.accept(PEER_LISTENER);
+    /// Carries out what the links asked for, until they ask nothing more (closing a
+    /// connection can make a link ask for a redial, say).
+    fn run_commands(&mut self, now: Instant) {
+        loop {
+            let mut commands = std::mem::take(&mut self.commands);
+            self.sh.links.take_commands(&mut commands);
+            if commands.is_empty() {
+                self.commands = commands;
+                return;
             }
-            Timer::Redial(n) => {
-                if matches!(self.core.neighbours[n].link, Link::Down { .. }) {
-                    self.dial(n);
+            for command in commands.drain(..) {
+                match command {
+                    Command::Dial { n, addr } => self.dial(n, addr, now),
+                    Command::Send { conn, bytes } => {
+                        if let Some(c) = self.conns.get_mut(conn) {
+                            c.output.append(bytes);
+                            self.mark_dirty(conn);
+                        }
+                    }
+                    Command::Close { conn, why } => self.close(conn, &why, now),
                 }
             }
-            Timer::ConnectTimeout(n) => {
-                if let Link::Connecting { token, .. } = self.core.neighbours[n].link {
-                    self.close(token, "connect timed out");
-                }
-            }
+            // Hand the allocation back; the links' own vector came out empty.
+            self.commands = commands;
         }
     }
 
-    fn accept(&mut self, which: Token) {
+    fn accept(&mut self, which: Token, now: Instant) {
         loop {
             let listener = match which {
                 LISTENER => &self.listener,
@@ -467,13 +381,19 @@ impl Reactor {
             };
             match listener.accept() {
                 Ok((stream, addr)) => {
+                    if which == LISTENER && self.over_cap(addr, now) {
+                        // Dropping the stream closes it: the client learns at once
+                        // instead of waiting in the backlog.
+                        drop(stream);
+                        continue;
+                    }
                     let (role, max_line) = match which {
-                        LISTENER => (Role::Client, self.core.max_line),
-                        _ => (Role::PeerIn { from: None }, self.core.max_line + PEER_LINE_SLACK),
+                        LISTENER => (Role::Client, self.max_line),
+                        _ => (Role::PeerIn, self.max_line + PEER_LINE_SLACK),
                     };
-                    if let Some(token) = self.add_conn(stream, addr, role, max_line, Interest::READABLE) {
+                    if let Some(id) = self.add_conn(stream, addr, role, max_line, Interest::READABLE) {
                         // Data may have come with the connection; readiness already fired.
-                        self.schedule(token);
+                        self.schedule(id);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -485,13 +405,34 @@ impl Reactor {
                 Err(e) => {
                     // Out of descriptors or memory: the backlog keeps the clients waiting;
                     // edge-triggered readiness will not fire again for them, so retry soon.
-                    warn!("accept failed: {e}; retrying in {} ms", ACCEPT_RETRY.as_millis());
-                    self.timers
-                        .insert(Instant::now() + ACCEPT_RETRY, Timer::RetryAccept);
+                    // One retry serves both listeners: a timer per failure would double
+                    // with every retry that fails again.
+                    if let Some(held) = self.accept.failed.allow(now) {
+                        warn!(
+                            "accept failed: {e}; retrying in {} ms ({held} more failures since the last report)",
+                            ACCEPT_RETRY.as_millis()
+                        );
+                    }
+                    self.accept.retry_at.get_or_insert(now + ACCEPT_RETRY);
                     return;
                 }
             }
         }
+    }
+
+    /// True when a new client would exceed `max_connections`; logs that (throttled).
+    fn over_cap(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let a = &mut self.accept;
+        if a.max_clients == 0 || a.clients < a.max_clients {
+            return false;
+        }
+        if let Some(held) = a.refused.allow(now) {
+            warn!(
+                "{addr} refused: {} client connections open (limits.max_connections); {held} more refused since the last report",
+                a.clients
+            );
+        }
+        true
     }
 
     fn add_conn(
@@ -501,69 +442,61 @@ impl Reactor {
         role: Role,
         max_line: usize,
         interest: Interest,
-    ) -> Option<usize> {
+    ) -> Option<ConnId> {
         if let Err(e) = stream.set_nodelay(true) {
             debug!("{addr}: set_nodelay: {e}");
         }
-        let (token, generation) = self.conns.vacant();
-        if let Err(e) = self.poll.registry().register(&mut stream, Token(token), interest) {
+        let entry = self.conns.vacant_entry();
+        let id = entry.id();
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, Token(id.index), interest)
+        {
             warn!("{addr}: cannot register connection: {e}");
             return None;
         }
-        self.conns.insert(Conn {
+        entry.insert(Conn {
             stream,
+            addr,
+            role,
             input: LineReader::new(max_line),
-            s: Session {
-                addr,
-                peer: addr.to_string().into(),
-                peer_closed: false,
-                generation,
-                role,
-                output: WriteQueue::default(),
-                replies: Replies::default(),
-                can_read: true,
-                eof: false,
-                input_done: false,
-                stalled: false,
-                scheduled: false,
-                dirty: false,
-                writable_interest: interest.is_writable(),
-            },
+            state: Input::Open { unread: true },
+            paused: false,
+            hup: false,
+            output: WriteQueue::default(),
+            session: Session::new(addr.to_string().into()),
+            in_ready: false,
+            in_dirty: false,
+            writable_interest: interest.is_writable(),
         });
         match role {
-            Role::Client => info!("{addr} connected"),
-            Role::PeerIn { .. } => info!("{addr} connected to the peer port"),
-            Role::PeerOut { .. } => {}
+            Role::Client => {
+                self.accept.clients += 1;
+                info!("{addr} connected")
+            }
+            Role::PeerIn => info!("{addr} connected to the peer port"),
+            Role::PeerOut => {}
         }
-        Some(token)
+        Some(id)
     }
 
     /// Starts a non-blocking connect to neighbour `n`; completion shows as writability.
-    fn dial(&mut self, n: usize) {
-        if let Link::Down { retry } = self.core.neighbours[n].link {
-            self.timers.cancel(retry);
-        }
-        let addr = self.core.neighbours[n].addr;
+    fn dial(&mut self, n: NeighbourId, addr: SocketAddr, now: Instant) {
         let interest = Interest::READABLE | Interest::WRITABLE;
-        let max_line = self.core.max_line + PEER_LINE_SLACK;
+        let max_line = self.max_line + PEER_LINE_SLACK;
         let conn = TcpStream::connect(addr)
             .ok()
-            .and_then(|stream| self.add_conn(stream, addr, Role::PeerOut { n }, max_line, interest));
-        let Some(token) = conn else {
-            self.link_down(n, "cannot start a connection");
-            return;
-        };
-        let timeout = self
-            .timers
-            .insert(Instant::now() + peers::CONNECT_TIMEOUT, Timer::ConnectTimeout(n));
-        let nb = &mut self.core.neighbours[n];
-        nb.link = Link::Connecting { token, timeout };
-        debug!("link to {} ({addr}): connecting", nb.name);
+            .and_then(|stream| self.add_conn(stream, addr, Role::PeerOut, max_line, interest));
+        match conn {
+            Some(id) => self.sh.links.dial_started(n, id, now),
+            None => self.sh.links.dial_failed(n, "cannot start a connection", now),
+        }
     }
 
-    /// The dial to neighbour `n` on `token` finished: check how.
-    fn connect_done(&mut self, n: usize, token: usize) {
-        let Some(conn) = self.conns.get_mut(token) else {
+    /// The dial on `id` finished: check how.
+    fn connect_done(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let failed = match conn.stream.take_error() {
@@ -575,232 +508,140 @@ impl Reactor {
                 Err(e) => Some(e),
             },
         };
-        if let Some(e) = failed {
-            self.close(token, &e.to_string());
-            return;
-        }
-        let nb = &mut self.core.neighbours[n];
-        if let Link::Connecting { timeout, .. } = nb.link {
-            self.timers.cancel(timeout);
-        }
-        nb.link = Link::Up { token };
-        nb.backoff.reset();
-        nb.outbox.clear();
-        nb.out_limit = peers::greeting(
-            &self.core.name,
-            self.core.table.records().map(|r| &r.line[..]),
-            conn.s.output.buf(),
-        );
-        info!(
-            "link to {} ({}): up; sent HELLO and {} records",
-            nb.name,
-            nb.addr,
-            self.core.table.len()
-        );
-        self.mark_dirty(token);
-    }
-
-    /// Marks the link to neighbour `n` down and schedules a redial with backoff.
-    fn link_down(&mut self, n: usize, why: &str) {
-        let delay = self.core.neighbours[n].backoff.next_delay(self.jitter.next_u64());
-        let retry = self.timers.insert(Instant::now() + delay, Timer::Redial(n));
-        let nb = &mut self.core.neighbours[n];
-        let was = std::mem::replace(&mut nb.link, Link::Down { retry });
-        nb.outbox.clear();
-        let msg = format!(
-            "link to {} ({}): {was} -> down: {why}; retry in {} ms",
-            nb.name,
-            nb.addr,
-            delay.as_millis()
-        );
-        // A neighbour that stays away would fill the log with the same refusal.
-        if matches!(was, Link::Up { .. }) || delay < peers::RETRY_CAP / 2 {
-            info!("{msg}");
-        } else {
-            debug!("{msg}");
+        match failed {
+            Some(e) => self.close(id, &e.to_string(), now),
+            None => self.sh.links.connected(id, &self.sh.table, now),
         }
     }
 
-    fn conn_event(&mut self, token: usize, event: &Event) {
-        let Some(conn) = self.conns.get_mut(token) else {
+    fn conn_event(&mut self, i: usize, event: &Event, now: Instant) {
+        let Some(id) = self.conns.id_at(i) else {
             // A stale event for a connection closed earlier in this batch.
             return;
         };
-        if let Role::PeerOut { n } = conn.s.role
-            && matches!(self.core.neighbours[n].link, Link::Connecting { token: t, .. } if t == token)
-        {
-            self.connect_done(n, token);
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.role == Role::PeerOut && self.sh.links.dialling(id).is_some() {
+            self.connect_done(id, now);
             return;
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            conn.s.can_read = true;
-            conn.s.peer_closed |= event.is_read_closed() || event.is_error();
-            self.schedule(token);
+            if let Input::Open { unread } = &mut conn.state {
+                *unread = true;
+            }
+            conn.hup |= event.is_read_closed() || event.is_error();
+            self.schedule(id);
         }
         if event.is_writable() || event.is_write_closed() {
-            self.mark_dirty(token);
+            self.mark_dirty(id);
         }
     }
 
-    fn schedule(&mut self, token: usize) {
-        if let Some(conn) = self.conns.get_mut(token)
-            && !conn.s.scheduled
+    fn schedule(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id)
+            && !conn.in_ready
         {
-            conn.s.scheduled = true;
-            self.ready.push_back(token);
+            conn.in_ready = true;
+            self.ready.push_back(id);
         }
     }
 
-    fn mark_dirty(&mut self, token: usize) {
-        if let Some(conn) = self.conns.get_mut(token)
-            && !conn.s.dirty
+    fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(id)
+            && !conn.in_dirty
         {
-            conn.s.dirty = true;
-            self.dirty.push(token);
+            conn.in_dirty = true;
+            self.dirty.push(id);
         }
     }
 
     /// Gives each connection that was ready at the start of the pass one turn.
-    fn serve_ready(&mut self) {
+    fn serve_ready(&mut self, now: Instant) {
         for _ in 0..self.ready.len() {
-            let Some(token) = self.ready.pop_front() else {
+            let Some(id) = self.ready.pop_front() else {
                 break;
             };
-            let Some(conn) = self.conns.get_mut(token) else {
+            let Some(conn) = self.conns.get_mut(id) else {
                 continue;
             };
-            conn.s.scheduled = false;
-            match serve(&mut self.core, conn, token, &mut self.scratch) {
+            conn.in_ready = false;
+            match serve(&mut self.sh, conn, id, &mut self.read_buf) {
                 Ok(turn) => {
                     if turn.wrote {
-                        self.mark_dirty(token);
+                        self.mark_dirty(id);
                     }
                     if turn.more {
-                        self.schedule(token);
+                        self.schedule(id);
                     }
                 }
-                Err(e) => self.close(token, &e.to_string()),
+                Err(e) => self.close(id, &e.to_string(), now),
             }
-            self.act_on_hellos();
+            // A HELLO may have asked to close an older link or to dial back.
+            self.run_commands(now);
         }
     }
 
-    /// A neighbour said HELLO on `token`: it replaces any older link from it, and if our
-    /// link to it is down, it is evidently back: dial it now instead of at the end of a
-    /// backoff.
-    fn act_on_hellos(&mut self) {
-        while let Some((token, n)) = self.core.hellos.pop() {
-            if let Some(old) = self.core.neighbours[n].inbound.replace(token)
-                && old != token
-            {
-                self.close(old, "replaced by a newer HELLO from the same neighbour");
-            }
-            if matches!(self.core.neighbours[n].link, Link::Down { .. }) {
-                self.dial(n);
-            }
-        }
-    }
-
-    fn flush_dirty(&mut self) {
-        self.post_outboxes();
+    fn flush_dirty(&mut self, now: Instant) {
+        let conns = &self.conns;
+        self.sh
+            .links
+            .flush(now, |id| conns.get(id).map_or(0, |c| c.output.len()));
+        self.run_commands(now);
         let mut dirty = std::mem::take(&mut self.dirty);
-        for token in dirty.drain(..) {
-            let Some(conn) = self.conns.get_mut(token) else {
+        for id in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(id) else {
                 continue;
             };
-            conn.s.dirty = false;
-            if let Err(e) = flush(conn, token, self.poll.registry()) {
-                self.close(token, &e.to_string());
+            conn.in_dirty = false;
+            if let Err(e) = flush(conn, id, self.poll.registry()) {
+                self.close(id, &e.to_string(), now);
                 continue;
             }
-            if conn.s.finished() {
-                self.close(token, "finished");
-            } else if conn.s.stalled && !conn.s.backpressured() {
-                conn.s.stalled = false;
-                self.schedule(token);
+            if conn.finished() {
+                self.close(id, "finished", now);
+            } else if conn.paused && !conn.session.backpressured(&conn.output) {
+                conn.paused = false;
+                self.schedule(id);
             }
         }
         // Keep the allocation for the next pass.
         self.dirty = dirty;
     }
 
-    /// Moves each neighbour's batched records onto its link. A neighbour that lets too
-    /// much pile up is stalled: drop the link; it resyncs from the table when it is back.
-    fn post_outboxes(&mut self) {
-        for n in 0..self.core.neighbours.len() {
-            let nb = &mut self.core.neighbours[n];
-            let Some(token) = nb.up_token() else {
-                continue;
-            };
-            if nb.outbox.is_empty() {
-                continue;
-            }
-            let Some(conn) = self.conns.get_mut(token) else {
-                continue;
-            };
-            conn.s.output.push(&nb.outbox);
-            nb.outbox.clear();
-            let queued = conn.s.output.len();
-            if queued > nb.out_limit {
-                let why = format!("neighbour is not reading ({queued} bytes queued)");
-                self.close(token, &why);
-            } else {
-                self.mark_dirty(token);
-            }
-        }
-    }
-
     /// Hands every finished Places answer to the connection that asked, if it is still
     /// the same connection.
     fn places_answers(&mut self) {
         let mut done = Vec::new();
-        self.core.pool.drain(|tag, json| done.push((tag, json)));
+        self.sh.pool.drain(|tag, json| done.push((tag, json)));
         for (tag, json) in done {
-            let Some(conn) = self.conns.get_live(tag.token, tag.generation) else {
+            let Some(conn) = self.conns.get_mut(tag.conn) else {
                 debug!("Places answer for a closed connection dropped");
                 continue;
             };
-            let s = &mut conn.s;
-            if let Some(at_line) = s.replies.complete(tag.seq, &json, &mut s.output) {
-                info!(
-                    "{} sent: {} (+{} bytes of JSON)",
-                    s.peer,
-                    Shown(&at_line),
-                    json.len()
-                );
-            }
-            self.mark_dirty(tag.token);
+            conn.session.places_answer(&tag, &json, &mut conn.output);
+            self.mark_dirty(tag.conn);
         }
     }
 
-    fn close(&mut self, token: usize, why: &str) {
-        let Some(mut conn) = self.conns.remove(token) else {
+    fn close(&mut self, id: ConnId, why: &str, now: Instant) {
+        let Some(mut conn) = self.conns.remove(id) else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        let addr = conn.s.addr;
-        match conn.s.role {
-            Role::Client => info!("{addr} closed: {why}"),
-            Role::PeerIn { from: None } => info!("{addr} (peer port) closed: {why}"),
-            Role::PeerIn { from: Some(n) } => {
-                let nb = &mut self.core.neighbours[n];
-                if nb.inbound == Some(token) {
-                    nb.inbound = None;
-                }
-                info!("link from {} ({addr}): dropped: {why}", nb.name);
+        let addr = conn.addr;
+        match conn.role {
+            Role::Client => {
+                self.accept.clients -= 1;
+                info!("{addr} closed: {why}");
             }
-            Role::PeerOut { n } => {
-                let ours = match self.core.neighbours[n].link {
-                    Link::Up { token: t } => t == token,
-                    Link::Connecting { token: t, timeout } => {
-                        self.timers.cancel(timeout);
-                        t == token
-                    }
-                    Link::Down { .. } => false,
-                };
-                if ours {
-                    self.link_down(n, why);
+            Role::PeerIn => {
+                if self.sh.links.closed(id, why, now).is_none() {
+                    info!("{addr} (peer port) closed: {why}");
                 }
+            }
+            Role::PeerOut => {
+                self.sh.links.closed(id, why, now);
             }
         }
     }
@@ -824,16 +665,20 @@ struct Turn {
 
 /// One turn of a connection: read what is there and handle up to `LINES_PER_TURN`
 /// messages.
-fn serve(core: &mut Core, conn: &mut Conn, token: usize, scratch: &mut [u8]) -> io::Result<Turn> {
+fn serve(sh: &mut Shared, conn: &mut Conn, id: ConnId, read_buf: &mut [u8]) -> io::Result<Turn> {
     let mut turn = Turn {
         wrote: false,
         more: false,
     };
     let mut served = 0;
-    let s = &mut conn.s;
-    while !s.input_done {
-        if s.backpressured() {
-            s.stalled = true;
+    loop {
+        let unread = match conn.state {
+            Input::Done => return Ok(turn),
+            Input::Eof => false,
+            Input::Open { unread } => unread,
+        };
+        if conn.session.backpressured(&conn.output) {
+            conn.paused = true;
             return Ok(turn);
         }
         if served == LINES_PER_TURN {
@@ -841,233 +686,109 @@ fn serve(core: &mut Core, conn: &mut Conn, token: usize, scratch: &mut [u8]) -> 
             return Ok(turn);
         }
         if let Some(line) = conn.input.next_line() {
-            on_line(core, token, s, line);
+            on_line(
+                sh,
+                id,
+                conn.role,
+                &mut conn.session,
+                &mut conn.output,
+                &mut conn.state,
+                line,
+            );
             served += 1;
             turn.wrote = true;
             continue;
         }
-        if s.eof {
+        if conn.state == Input::Eof {
             if let Some(line) = conn.input.take_last() {
-                on_line(core, token, s, line);
+                on_line(
+                    sh,
+                    id,
+                    conn.role,
+                    &mut conn.session,
+                    &mut conn.output,
+                    &mut conn.state,
+                    line,
+                );
             }
-            s.input_done = true;
+            conn.state = Input::Done;
             // The close happens at flush, once the replies are out.
             turn.wrote = true;
             return Ok(turn);
         }
-        if !s.can_read {
+        if !unread {
             return Ok(turn);
         }
-        match conn.input.fill(&mut conn.stream, scratch, s.peer_closed)? {
-            Fill::WouldBlock => s.can_read = false,
-            Fill::Eof => s.eof = true,
+        match conn.input.fill(&mut conn.stream, read_buf, conn.hup)? {
+            Fill::WouldBlock => conn.state = Input::Open { unread: false },
+            Fill::Eof => conn.state = Input::Eof,
             Fill::Full => {}
         }
     }
-    Ok(turn)
 }
 
-fn on_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
-    match s.role {
-        Role::Client => client_line(core, token, s, line),
-        Role::PeerIn { from: None } => hello_line(core, token, s, line),
-        Role::PeerIn { from: Some(n) } => record_line(core, n, line),
-        Role::PeerOut { n } => {
-            // The accepting side says nothing unless it refuses us.
-            let (Line::Complete(l) | Line::Overlong(l)) = line;
-            warn!(
-                "link to {}: neighbour says: {}",
-                core.neighbours[n].name,
-                Shown(l)
-            );
-        }
-    }
-}
-
-/// Answers one client message (SPEC §2). Each message gets one log line naming what was
-/// received and what was sent, so a busy server writes one record per request.
-fn client_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
-    let line = match line {
-        Line::Complete(line) => line,
-        Line::Overlong(head) => {
-            info!("{} recv: over-long line | sent: ? {}", s.peer, Shown(head));
-            let mut reply = std::mem::take(&mut core.reply);
-            reply.clear();
-            protocol::write_overlong(head, &mut reply);
-            s.replies.push(&mut s.output, &reply);
-            core.reply = reply;
-            return;
-        }
-    };
-    let request = match protocol::parse_client_line(line) {
-        Parsed::Blank => return,
-        Parsed::Invalid => return invalid(core, s, line),
-        Parsed::Request(r) => r,
-    };
-    match request {
-        Request::Iamat(req) => {
-            let now = Timestamp::from_system_time(SystemTime::now());
-            let mut reply = std::mem::take(&mut core.reply);
-            reply.clear();
-            protocol::write_at_line(&core.name, now, &req, &mut reply);
-            let forwarded = if core.table.offer(req.client, req.time, &reply) {
-                flood(&mut core.neighbours, &reply, None)
-            } else {
-                0
-            };
-            let to = Names(&core.neighbours, forwarded);
-            info!("{} recv: {} | sent: {}{to}", s.peer, Shown(line), Shown(&reply));
-            reply.push(b'\n');
-            s.replies.push(&mut s.output, &reply);
-            core.reply = reply;
-        }
-        Request::Whatsat(req) => {
-            let Some(record) = core.table.get(req.client) else {
-                return invalid(core, s, line);
-            };
-            // The numbers are read from the stored line only here: IAMATs and records only
-            // check the location text. A stored line is a valid AT record (written by
-            // write_at_line or accepted by parse_at_record), so this always succeeds.
-            let location =
-                protocol::parse_at_record(&record.line).and_then(|r| Location::parse(r.raw_location));
-            let Some(location) = location else {
-                return invalid(core, s, line);
-            };
-            let query = places::Query {
-                lat: location.lat,
-                lng: location.lng,
-                radius_m: req.radius.metres().to_string(),
-                bound: req.bound,
-            };
-            let at_line = record.line.clone();
-            let tag = Tag {
-                token,
-                generation: s.generation,
-                seq: s.replies.next_seq,
-            };
-            match core.pool.submit(tag, query) {
-                Submit::Now(json) => {
-                    let mut reply = Vec::with_capacity(at_line.len() + json.len() + 3);
-                    write_whatsat_reply(&at_line, &json, &mut reply);
-                    info!(
-                        "{} recv: {} | sent: {} (+{} bytes of JSON)",
-                        s.peer,
-                        Shown(line),
-                        Shown(&at_line),
-                        json.len()
-                    );
-                    s.replies.push(&mut s.output, &reply);
-                }
-                Submit::Queued => {
-                    info!("{} recv: {} | waiting on Places", s.peer, Shown(line));
-                    s.replies.wait(at_line);
-                }
+fn on_line(
+    sh: &mut Shared,
+    id: ConnId,
+    role: Role,
+    session: &mut Session,
+    output: &mut WriteQueue,
+    state: &mut Input,
+    line: Line<'_>,
+) {
+    match role {
+        Role::Client => session.on_line(sh, id, output, line),
+        Role::PeerIn => match sh.links.inbound_from(id) {
+            Some(n) => {
+                sh.links.heard(n, sh.now);
+                sh.links
+                    .record(n, line, &mut sh.table, &sh.servers, &mut sh.scratch)
             }
-        }
+            None => hello_line(sh, id, session, output, state, line),
+        },
+        Role::PeerOut => sh.links.heard_on_outbound(id, line),
     }
-}
-
-fn invalid(core: &mut Core, s: &mut Session, line: &[u8]) {
-    info!("{} recv: {} | sent: ? {}", s.peer, Shown(line), Shown(line));
-    let mut reply = std::mem::take(&mut core.reply);
-    reply.clear();
-    protocol::write_invalid(line, &mut reply);
-    s.replies.push(&mut s.output, &reply);
-    core.reply = reply;
 }
 
 /// The first line on the peer port must be `HELLO <neighbour>`; anything else is refused
 /// with `? <line>` and the connection closes.
-fn hello_line(core: &mut Core, token: usize, s: &mut Session, line: Line<'_>) {
+fn hello_line(
+    sh: &mut Shared,
+    id: ConnId,
+    session: &Session,
+    output: &mut WriteQueue,
+    state: &mut Input,
+    line: Line<'_>,
+) {
     let neighbour = match line {
-        Line::Complete(l) => protocol::parse_hello(l).and_then(|name| peers::find(&core.neighbours, name)),
+        Line::Complete(l) => protocol::parse_hello(l).and_then(|name| sh.links.hello(id, name, sh.now)),
         Line::Overlong(_) => None,
     };
     match neighbour {
-        Some(n) => {
-            s.role = Role::PeerIn { from: Some(n) };
-            info!("link from {} ({}): up (HELLO)", core.neighbours[n].name, s.peer);
-            core.hellos.push((token, n));
-        }
+        Some(n) => info!("link from {} ({}): up (HELLO)", sh.links.name(n), session.peer),
         None => {
             let (Line::Complete(l) | Line::Overlong(l)) = line;
-            info!("{} (peer port) refused: {}", s.peer, Shown(l));
+            info!("{} (peer port) refused: {}", session.peer, Shown(l));
             let mut reply = Vec::with_capacity(l.len() + 3);
             protocol::write_invalid(l, &mut reply);
-            s.output.push(&reply);
-            s.input_done = true;
+            output.append(reply);
+            *state = Input::Done;
         }
-    }
-}
-
-/// A record from neighbour `n`: store it if it wins and pass it on to everyone else.
-fn record_line(core: &mut Core, n: usize, line: Line<'_>) {
-    let from = &core.neighbours[n].name;
-    let Line::Complete(line) = line else {
-        warn!("record from {from} skipped: over-long line");
-        return;
-    };
-    if protocol::fields(line).next().is_none() {
-        return;
-    }
-    let Some(rec) = protocol::parse_at_record(line) else {
-        warn!("record from {from} skipped: malformed: {}", Shown(line));
-        return;
-    };
-    if !core.table.offer(rec.client, rec.time, line) {
-        info!("record from {from} (not newer, dropped): {}", Shown(line));
-        return;
-    }
-    let forwarded = flood(&mut core.neighbours, line, Some(n));
-    let to = Names(&core.neighbours, forwarded);
-    info!(
-        "record from {} (new): {}{to}",
-        core.neighbours[n].name,
-        Shown(line)
-    );
-}
-
-/// Queues a winning record for every neighbour except the one it came from; returns the
-/// set of neighbours it went to (bit i for neighbour i), for the log.
-fn flood(neighbours: &mut [Neighbour], line: &[u8], except: Option<usize>) -> u64 {
-    let mut to = 0u64;
-    for (i, nb) in neighbours.iter_mut().enumerate() {
-        if Some(i) != except && nb.up_token().is_some() {
-            nb.queue(line);
-            to |= 1u64.checked_shl(i as u32).unwrap_or(0);
-        }
-    }
-    to
-}
-
-/// " | forwarded to A, B" for a set of neighbours, or nothing for an empty set.
-struct Names<'a>(&'a [Neighbour], u64);
-
-impl std::fmt::Display for Names<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut sep = " | forwarded to ";
-        for (i, nb) in self.0.iter().enumerate() {
-            if self.1 & 1u64.checked_shl(i as u32).unwrap_or(0) != 0 {
-                write!(f, "{sep}{}", nb.name)?;
-                sep = ", ";
-            }
-        }
-        Ok(())
     }
 }
 
 /// Writes what the socket takes; asks for WRITABLE only while output is left over.
-fn flush(conn: &mut Conn, token: usize, registry: &mio::Registry) -> io::Result<()> {
-    let drained = conn.s.output.flush(&mut conn.stream)?;
+fn flush(conn: &mut Conn, id: ConnId, registry: &mio::Registry) -> io::Result<()> {
+    let drained = conn.output.flush(&mut conn.stream)?;
     let want_writable = !drained;
-    if want_writable != conn.s.writable_interest {
+    if want_writable != conn.writable_interest {
         let interest = if want_writable {
             Interest::READABLE | Interest::WRITABLE
         } else {
             Interest::READABLE
         };
-        registry.reregister(&mut conn.stream, Token(token), interest)?;
-        conn.s.writable_interest = want_writable;
+        registry.reregister(&mut conn.stream, Token(id.index), interest)?;
+        conn.writable_interest = want_writable;
     }
     Ok(())
 }

@@ -480,7 +480,8 @@ mod tests {
         for line in &LINES[..2] {
             let fields: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
             let time = crate::protocol::Timestamp::parse(fields[5]).expect("time");
-            table.offer(fields[3], time, line);
+            let start = fields[..4].iter().map(|f| f.len() + 1).sum::<usize>();
+            table.offer(fields[3], time, line, start..start + fields[4].len());
         }
         let dir = TempDir::new("table");
         let path = dir.0.join("Jaquez.snap");

@@ -10,6 +10,8 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
+use std::ops::Range;
+
 use crate::protocol::Timestamp;
 
 /// A stored record.
@@ -18,6 +20,26 @@ pub struct Record {
     pub time: Timestamp,
     /// The AT line as first produced by the server that took the IAMAT, without `\n`.
     pub line: Box<[u8]>,
+    /// Where the location text sits in `line` (as the AT line's writer reported it), so a
+    /// WHATSAT reads it without parsing the line again.
+    location: (u32, u32),
+}
+
+impl Record {
+    /// The location field of the stored line.
+    pub fn location(&self) -> &[u8] {
+        let (start, end) = (self.location.0 as usize, self.location.1 as usize);
+        self.line.get(start..end).unwrap_or_default()
+    }
+}
+
+/// A range as two u32s: a record is one line, far below 4 GiB; a range that does not fit
+/// becomes empty, which reads as an invalid location rather than a wrong one.
+fn narrow(r: Range<usize>) -> (u32, u32) {
+    match (u32::try_from(r.start), u32::try_from(r.end)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => (0, 0),
+    }
 }
 
 #[derive(Default)]
@@ -90,13 +112,15 @@ impl Table {
 
     /// Stores the record if it beats the one held for `client`; true if it was stored.
     /// Allocates only for a winner, since most offers in a flood are duplicates.
-    pub fn offer(&mut self, client: &[u8], time: Timestamp, line: &[u8]) -> bool {
+    /// `location` is where the location text sits in `line`.
+    pub fn offer(&mut self, client: &[u8], time: Timestamp, line: &[u8], location: Range<usize>) -> bool {
         match self.records.get_mut(client) {
             Some(held) => {
                 if (time, line) <= (held.time, &held.line[..]) {
                     return false;
                 }
                 held.time = time;
+                held.location = narrow(location);
                 // A client's AT lines mostly keep their length: reuse the allocation.
                 if held.line.len() == line.len() {
                     held.line.copy_from_slice(line);
@@ -108,6 +132,7 @@ impl Table {
                 let record = Record {
                     time,
                     line: line.into(),
+                    location: narrow(location),
                 };
                 self.records.insert(Key::new(client), record);
             }
@@ -129,14 +154,30 @@ mod tests {
         Timestamp::parse(s.as_bytes()).unwrap_or_else(|| panic!("bad time {s}"))
     }
 
+    /// The location range of an AT line, found the slow way.
+    fn loc(line: &[u8]) -> Range<usize> {
+        let field = crate::protocol::fields(line).nth(4).unwrap_or_default();
+        let start = field.as_ptr() as usize - line.as_ptr() as usize;
+        start..start + field.len()
+    }
+
     fn offer(t: &mut Table, time: &str, line: &str) -> bool {
-        t.offer(b"kiwi", ts(time), line.as_bytes())
+        t.offer(b"kiwi", ts(time), line.as_bytes(), loc(line.as_bytes()))
     }
 
     fn held(t: &Table) -> String {
         t.get(b"kiwi")
             .map(|r| String::from_utf8_lossy(&r.line).into_owned())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_location_is_read_from_where_the_writer_said() {
+        let mut t = Table::default();
+        offer(&mut t, "10", "AT A +0.1 kiwi +1+2 10");
+        assert_eq!(t.get(b"kiwi").map(Record::location), Some(&b"+1+2"[..]));
+        offer(&mut t, "11", "AT Bona +0.1 kiwi -33.5+151.25 11");
+        assert_eq!(t.get(b"kiwi").map(Record::location), Some(&b"-33.5+151.25"[..]));
     }
 
     #[test]
@@ -201,8 +242,8 @@ mod tests {
     #[test]
     fn clients_are_independent() {
         let mut t = Table::default();
-        t.offer(b"a", ts("5"), b"AT A +0.1 a +1+2 5");
-        t.offer(b"b", ts("1"), b"AT A +0.1 b +1+2 1");
+        t.offer(b"a", ts("5"), b"AT A +0.1 a +1+2 5", 11..15);
+        t.offer(b"b", ts("1"), b"AT A +0.1 b +1+2 1", 11..15);
         assert_eq!(t.len(), 2);
         assert_eq!(t.records().count(), 2);
         assert!(t.get(b"c").is_none());
@@ -217,13 +258,16 @@ mod tests {
         ids.extend((0..=2 * INLINE).map(|n| [vec![b'k'; n], vec![0]].concat()));
         for (i, id) in ids.iter().enumerate() {
             let line = format!("AT A +0.1 line{i} +1+2 5");
-            assert!(t.offer(id, ts("5"), line.as_bytes()), "id {i}");
+            assert!(
+                t.offer(id, ts("5"), line.as_bytes(), loc(line.as_bytes())),
+                "id {i}"
+            );
         }
         assert_eq!(t.len(), ids.len());
         for (i, id) in ids.iter().enumerate() {
             let line = t.get(id).map(|r| String::from_utf8_lossy(&r.line).into_owned());
             assert_eq!(line, Some(format!("AT A +0.1 line{i} +1+2 5")), "id {i}");
-            assert!(!t.offer(id, ts("4"), b"AT A +0.1 older +1+2 4"), "id {i}");
+            assert!(!t.offer(id, ts("4"), b"AT A +0.1 older +1+2 4", 16..20), "id {i}");
         }
         assert!(t.get(&[b'k'; 2 * INLINE + 1]).is_none());
     }

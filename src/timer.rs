@@ -399,6 +399,45 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// Attempts counted since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+/// Lets a repeated warning through at most once per `every`, counting the ones it held
+/// back: a failure that repeats thousands of times a second (out of descriptors) must not
+/// turn into as many log lines.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(n)` when this occurrence may be logged, `n` being how many were held back
+    /// since the last one logged; `None` when it is to be counted only.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < self.every)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
 }
 
 /// xorshift64* generator for jitter; seedable, so tests and runs can be reproduced.
@@ -424,6 +463,19 @@ impl Jitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_lets_one_through_per_period_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(Duration::from_secs(1));
+        assert_eq!(t.allow(t0), Some(0));
+        for ms in [1, 200, 999] {
+            assert_eq!(t.allow(t0 + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(t.allow(t0 + Duration::from_millis(1000)), Some(3));
+        assert_eq!(t.allow(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(t.allow(t0 + Duration::from_millis(2000)), Some(1));
+    }
 
     const TICK: Duration = Duration::from_millis(10);
     const SLOTS: usize = 8;

@@ -39,7 +39,7 @@ accepting() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 started=0
 for name in "${wanted[@]}"; do
-  read -r _ host port _ log <<<"$(awk -v n="$name" '$1 == n' <<<"$listing")"
+  read -r _ host port _ log _ <<<"$(awk -v n="$name" '$1 == n' <<<"$listing")"
   pidfile=$run_dir/$name.pid
   if [ -f "$pidfile" ]; then
     pid=$(cat "$pidfile")

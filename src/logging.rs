@@ -168,28 +168,41 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The most bytes of one message or reply a log line shows (SPEC §7): a client's 8 KiB
+/// lines would otherwise amplify into the log.
+pub const SHOWN_MAX: usize = 256;
+
 /// Message bytes for a log line: as text when they are printable UTF-8 (the common case,
 /// written in one piece), escaped otherwise, so a log line stays one line whatever a
-/// client sends.
+/// client sends. Past `SHOWN_MAX` bytes the text is cut and marked `...(N bytes)` with
+/// the full length.
 pub struct Shown<'a>(pub &'a [u8]);
 
 impl std::fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cut = self.0.len() > SHOWN_MAX;
+        let head = &self.0[..self.0.len().min(SHOWN_MAX)];
         // One branch-free pass (it vectorises) instead of an early-exit scan per byte.
-        let control = self
-            .0
-            .iter()
-            .fold(false, |acc, &b| acc | (b < 0x20) | (b == 0x7f));
-        match std::str::from_utf8(self.0) {
-            Ok(s) if !control => f.write_str(s),
-            _ => write!(f, "{}", self.0.escape_ascii()),
+        let control = head.iter().fold(false, |acc, &b| acc | (b < 0x20) | (b == 0x7f));
+        match std::str::from_utf8(head) {
+            Ok(s) if !control => f.write_str(s)?,
+            // The cut fell inside a character: show the text before it.
+            Err(e) if cut && !control && e.error_len().is_none() => {
+                let (text, _) = head.split_at(e.valid_up_to());
+                f.write_str(std::str::from_utf8(text).unwrap_or_default())?
+            }
+            _ => write!(f, "{}", head.escape_ascii())?,
         }
+        if cut {
+            write!(f, "...({} bytes)", self.0.len())?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Shown, Utc, civil_from_days};
+    use super::{SHOWN_MAX, Shown, Utc, civil_from_days};
     use std::time::Duration;
 
     #[test]
@@ -251,5 +264,47 @@ mod tests {
         assert_eq!(Shown(b"a\x0bb\r").to_string(), "a\\x0bb\\r");
         assert_eq!(Shown(b"\xff x").to_string(), "\\xff x");
         assert_eq!(Shown(b"del\x7f").to_string(), "del\\x7f");
+    }
+
+    #[test]
+    fn long_texts_are_cut_at_256_bytes_and_marked_with_their_length() {
+        let exact = vec![b'a'; SHOWN_MAX];
+        assert_eq!(
+            Shown(&exact).to_string(),
+            "a".repeat(256),
+            "256 bytes are shown whole"
+        );
+        let long = vec![b'a'; 8192];
+        assert_eq!(
+            Shown(&long).to_string(),
+            format!("{}...(8192 bytes)", "a".repeat(256))
+        );
+        // Escaping applies to the shown part only, and only control bytes there count.
+        let mut tail_control = vec![b'b'; 300];
+        tail_control[299] = 0;
+        assert_eq!(
+            Shown(&tail_control).to_string(),
+            format!("{}...(300 bytes)", "b".repeat(256))
+        );
+        let mut head_control = vec![b'c'; 300];
+        head_control[0] = b'\n';
+        assert_eq!(
+            Shown(&head_control).to_string(),
+            format!("\\n{}...(300 bytes)", "c".repeat(255))
+        );
+        // A cut inside a two-byte character keeps the text before it.
+        let mut split = vec![b'd'; 255];
+        split.extend_from_slice("\u{e9}\u{e9}".as_bytes());
+        assert_eq!(
+            Shown(&split).to_string(),
+            format!("{}...(259 bytes)", "d".repeat(255))
+        );
+        // Invalid UTF-8 in the shown part is still escaped.
+        let mut bad = vec![0xff; 1];
+        bad.extend(vec![b'e'; 400]);
+        assert_eq!(
+            Shown(&bad).to_string(),
+            format!("\\xff{}...(401 bytes)", "e".repeat(255))
+        );
     }
 }

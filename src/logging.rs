@@ -11,7 +11,7 @@
 //! has a log line for every message.
 
 use std::cell::Cell;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,21 +20,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{Log, Metadata, Record};
 use simplelog::{ConfigBuilder, SharedLogger, WriteLogger};
 
+use crate::config::Rotation;
 use crate::log_file::LogFile;
 
 /// Small enough that writing a full buffer holds up the reactor only briefly (about 30 µs
 /// into reused page-cache pages), large enough for a few hundred records per write.
 const LOG_BUFFER: usize = 64 * 1024;
 
-/// Opens (appending) the server's log file and installs it as the `log` backend.
-/// Returns the file's path.
-pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, String> {
+/// Opens (appending) the server's log file, rotated as `rotation` says, and installs it
+/// as the `log` backend. Returns the file's path.
+pub fn init(dir: &Path, name: &str, level: log::LevelFilter, rotation: Rotation) -> Result<PathBuf, String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
     let path = dir.join(format!("{name}.log"));
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let file = LogFile::open(path.clone(), rotation, &REOPEN)
         .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
     let config = ConfigBuilder::new()
         // `Stamped` writes the time and the level.
@@ -47,8 +45,6 @@ pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, 
         // trace level, and library chatter does not belong in the server's log anyway.
         .add_filter_allow_str("herd")
         .build();
-    let file =
-        LogFile::new(file).map_err(|e| format!("cannot read log file size {}: {e}", path.display()))?;
     let writer = BufWriter::with_capacity(LOG_BUFFER, file);
     let inner = WriteLogger::new(level, config, writer);
     log::set_max_level(inner.level());
@@ -58,6 +54,23 @@ pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, 
 
 /// Set when a record is buffered, cleared when the buffer is written out.
 static UNFLUSHED: AtomicBool = AtomicBool::new(false);
+
+/// Set by `reopen`, seen by the log file at its next write or flush.
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+/// Writes out what is buffered and goes on in a newly opened `<Name>.log`, found by
+/// path: after logrotate (or an operator) moved the file away, records go to the new
+/// one. For SIGHUP.
+#[allow(dead_code)] // called by the reactor's SIGHUP handling, being added alongside
+pub fn reopen() {
+    REOPEN.store(true, Ordering::Relaxed);
+    flush();
+}
+
+/// The current time as the log shows it, for lines the log file writes about itself.
+pub fn now() -> impl std::fmt::Display {
+    Utc(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+}
 
 /// Writes buffered records to the file.
 pub fn flush() {

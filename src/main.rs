@@ -83,7 +83,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         neighbours,
     };
     let reactor = reactor::Reactor::bind(settings, &herd.places, key).map_err(|e| e.to_string())?;
-    let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level)?;
+    let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level, herd.log.rotation)?;
     log::info!(
         "{} starting (herd {}): clients on {client_addr}, neighbours on {peer_addr}, linked to [{}], config {}, log {}",
         me.name,

@@ -31,6 +31,10 @@ const MAX_WORKERS: usize = 256;
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const MAX_CONFIG_DEPTH: usize = 64;
 pub const MAX_CONFIG_ALIASES: usize = 256;
+/// Flow collections opened inside another: a backstop for the depth count (see
+/// `check_caps`); a herd of 1,000 servers written in flow style has about as many. At
+/// this depth over a 1 MiB file the parser would still finish in well under a second.
+const MAX_NESTED_FLOW: usize = 1024;
 /// The longest time any `_s` key may name: ten years. Far beyond any sensible setting,
 /// and small enough that `Instant + Duration` can never overflow.
 const MAX_SECONDS: u64 = 10 * 365 * 86_400;
@@ -261,17 +265,25 @@ pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> R
 }
 
 /// SPEC §7's caps, on the text, in one pass and no allocation, so that no file can make
-/// the parser expand or recurse far. Both counts err on the high side: an alias is any
+/// the parser expand or recurse far. The counts err on the high side: an alias is any
 /// `*` that starts a token, even inside quotes or a comment; a nesting level is each open
-/// flow bracket, each block indentation step and each `- ` / `? ` on a line. A real
-/// herd.yml is three or four levels deep and has no aliases, so this refuses nothing
-/// real.
+/// flow bracket, each block indentation step and each `- ` / `? ` on a line. Brackets in
+/// a quoted scalar count as well, except that a closing one there never takes the depth
+/// below where the quote began (`["]", ["]", ...` nests, whatever its brackets say).
+/// Since telling quotes apart needs a whole YAML scanner, the count of flow collections
+/// opened inside others is capped too: that bounds the depth however the quotes were
+/// misread, and with it the parser's work, which grows with depth times tokens. A real
+/// herd.yml is three or four levels deep with a few nested collections per server and
+/// no aliases, so none of this refuses anything real.
 pub fn check_caps(text: &str) -> Result<(), Problem> {
     if text.len() as u64 > MAX_CONFIG_BYTES {
         return Err(Problem::Refused(too_big()));
     }
     let mut aliases = 0usize;
+    let mut nested = 0usize;
     let mut flow = 0usize;
+    // Inside a quoted scalar: its quote byte and the flow depth where it began.
+    let mut quote: Option<(u8, usize)> = None;
     // Block indentations currently open, innermost last; bounded by the depth cap.
     let mut indents = [0usize; MAX_CONFIG_DEPTH + 1];
     let mut open = 0usize;
@@ -281,7 +293,7 @@ pub fn check_caps(text: &str) -> Result<(), Problem> {
         let rest = &bytes[indent..];
         let blank = rest.iter().all(|b| b.is_ascii_whitespace()) || rest.first() == Some(&b'#');
         let mut depth = flow;
-        if flow == 0 && !blank {
+        if flow == 0 && quote.is_none() && !blank {
             while open > 0 && indents[open - 1] > indent {
                 open -= 1;
             }
@@ -301,20 +313,40 @@ pub fn check_caps(text: &str) -> Result<(), Problem> {
             }
             depth = open + marks;
         }
+        // The last byte other than white space: a quote can only open a scalar after one
+        // of `[{,:-?` or at the start of a line, not inside a plain word (`rock 'n roll`).
+        let mut last = b'\n';
         let mut prev = b' ';
-        for &b in bytes {
-            match b {
-                b'[' | b'{' => {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match (b, quote) {
+                (b'[' | b'{', _) => {
+                    if flow > 0 {
+                        nested += 1;
+                    }
                     flow += 1;
                     depth = depth.max(open + flow);
                 }
-                b']' | b'}' => flow = flow.saturating_sub(1),
-                b'*' if matches!(prev, b' ' | b'\t' | b'[' | b'{' | b',' | b':' | b'-' | b'?') => {
+                (b']' | b'}', None) => flow = flow.saturating_sub(1),
+                (b']' | b'}', Some((_, floor))) => flow = flow.saturating_sub(1).max(floor),
+                (b'*', _) if matches!(prev, b' ' | b'\t' | b'[' | b'{' | b',' | b':' | b'-' | b'?') => {
                     aliases += 1;
                 }
+                (b'\'' | b'"', None) if matches!(last, b'\n' | b'[' | b'{' | b',' | b':' | b'-' | b'?') => {
+                    quote = Some((b, flow));
+                }
+                // `''` is a quote inside a single-quoted scalar; `\"` inside a double one.
+                (b'\'', Some((b'\'', _))) if bytes.get(i + 1) == Some(&b'\'') => i += 1,
+                (b'\\', Some((b'"', _))) => i += 1,
+                (q, Some((open_q, _))) if q == open_q => quote = None,
                 _ => {}
             }
+            if !b.is_ascii_whitespace() {
+                last = b;
+            }
             prev = b;
+            i += 1;
         }
         if depth > MAX_CONFIG_DEPTH {
             return Err(too_deep(number));
@@ -322,6 +354,12 @@ pub fn check_caps(text: &str) -> Result<(), Problem> {
         if aliases > MAX_CONFIG_ALIASES {
             return Err(Problem::Refused(format!(
                 "more than {MAX_CONFIG_ALIASES} aliases (`*name`) by line {}",
+                number + 1
+            )));
+        }
+        if nested > MAX_NESTED_FLOW {
+            return Err(Problem::Refused(format!(
+                "more than {MAX_NESTED_FLOW} flow collections (`[...]`, `{{...}}`) inside others by line {}",
                 number + 1
             )));
         }
@@ -1150,6 +1188,39 @@ mod tests {
         assert!(check_caps(&flow).is_ok());
         let flow = format!("x: {}{}", "[".repeat(64), "]".repeat(64));
         assert!(check_caps(&flow).is_err());
+    }
+
+    #[test]
+    fn caps_see_through_brackets_in_quotes() {
+        // Quoted closing brackets do not undo the nesting they sit in.
+        for q in ['"', '\''] {
+            let sneaky = format!("x: {}{}\n", format!("[{q}]{q}, ").repeat(100), "]".repeat(100));
+            assert!(
+                parse_err(&sneaky).starts_with("refused: nested deeper"),
+                "{sneaky}"
+            );
+        }
+        let escaped = format!("x: {}\n", r#"["\"]", "#.repeat(70));
+        assert!(
+            parse_err(&escaped).starts_with("refused: nested deeper"),
+            "{escaped}"
+        );
+        let doubled = format!("x: {}\n", "[''']', ".repeat(70));
+        assert!(
+            parse_err(&doubled).starts_with("refused: nested deeper"),
+            "{doubled}"
+        );
+        // Balanced brackets in quotes, and quotes inside plain words, leave the depth be.
+        let real = "  A: { host: '::1', port: 1, peer_port: 2, url: 'http://[::1]:9/[x]' }\n".repeat(200);
+        assert!(check_caps(&format!("servers:\n{real}")).is_ok());
+        let plain = "x: [rock 'n roll, it's \"fine]\n".repeat(200);
+        assert!(check_caps(&plain).is_ok());
+        // However the quotes fool the count, collections inside others are bounded.
+        let many = "x: [[a], {b: [c]}]\n".repeat(400);
+        assert_eq!(
+            parse_err(&many),
+            "refused: more than 1024 flow collections (`[...]`, `{...}`) inside others by line 342"
+        );
     }
 
     #[test]

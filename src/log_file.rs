@@ -196,7 +196,8 @@ fn shift(path: &Path, keep: u32) -> io::Result<()> {
     for k in (1..keep).rev() {
         skip_missing(fs::rename(numbered(path, k), numbered(path, k + 1)))?;
     }
-    fs::rename(path, numbered(path, 1))
+    // Missing when an operator moved it away: the new file is opened all the same.
+    skip_missing(fs::rename(path, numbered(path, 1)))
 }
 
 impl Write for LogFile {

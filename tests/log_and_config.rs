@@ -122,6 +122,18 @@ fn a_config_with_thousands_of_aliases_or_deep_nesting_is_refused_before_parsing(
         err.contains("refused: nested deeper than 64 levels at line 3"),
         "{err}"
     );
+    // Closing brackets in quotes do not hide the nesting (this file kept the parser
+    // busy for over six minutes before).
+    let sneaky = format!(
+        "{servers}log:\n  dir: {}{}\n",
+        r#"["]", "#.repeat(140_000),
+        "]".repeat(140_000)
+    );
+    let err = refused(&sneaky);
+    assert!(
+        err.contains("refused: nested deeper than 64 levels at line 4"),
+        "{err}"
+    );
     let err = refused(&format!("{servers}#{}\n", "x".repeat(2 << 20)));
     assert!(err.contains("refused: the file is over 1048576 bytes"), "{err}");
 }

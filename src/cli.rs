@@ -22,7 +22,8 @@ Arguments:
 Options:
   -c, --config PATH    the herd description [default: herd.yml]
   -l, --list           check the config and print one line per server:
-                       NAME HOST PORT PEER_PORT LOG_FILE (used by run.sh)
+                       NAME HOST PORT PEER_PORT LOG_FILE ADMIN NEIGHBOURS
+                       (ADMIN is host:port; `-` for none; used by run.sh)
   -h, --help           print this help
   -V, --version        print the version
 

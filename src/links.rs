@@ -39,8 +39,6 @@ pub const STALL_RETRY_CAP: Duration = Duration::from_secs(30);
 /// SPEC §5: a dialler that has written nothing for this long writes an empty line, so a
 /// dead path shows as a failed write and a silent one as silence at the other end.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// `peers.dead_after_ms` unless configured: an inbound link silent this long is closed.
-pub const DEFAULT_DEAD_AFTER: Duration = Duration::from_millis(5000);
 const TIMER_TICK: Duration = Duration::from_millis(5);
 const TIMER_SLOTS: usize = 512;
 

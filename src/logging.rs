@@ -11,7 +11,7 @@
 //! has a log line for every message.
 
 use std::cell::Cell;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,21 +20,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use log::{Log, Metadata, Record};
 use simplelog::{ConfigBuilder, SharedLogger, WriteLogger};
 
+use crate::config::Rotation;
 use crate::log_file::LogFile;
 
 /// Small enough that writing a full buffer holds up the reactor only briefly (about 30 µs
 /// into reused page-cache pages), large enough for a few hundred records per write.
 const LOG_BUFFER: usize = 64 * 1024;
 
-/// Opens (appending) the server's log file and installs it as the `log` backend.
-/// Returns the file's path.
-pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, String> {
+/// Opens (appending) the server's log file, rotated as `rotation` says, and installs it
+/// as the `log` backend. Returns the file's path.
+pub fn init(dir: &Path, name: &str, level: log::LevelFilter, rotation: Rotation) -> Result<PathBuf, String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
     let path = dir.join(format!("{name}.log"));
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
+    let file = LogFile::open(path.clone(), rotation, &REOPEN)
         .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
     let config = ConfigBuilder::new()
         // `Stamped` writes the time and the level.
@@ -47,8 +45,6 @@ pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, 
         // trace level, and library chatter does not belong in the server's log anyway.
         .add_filter_allow_str("herd")
         .build();
-    let file =
-        LogFile::new(file).map_err(|e| format!("cannot read log file size {}: {e}", path.display()))?;
     let writer = BufWriter::with_capacity(LOG_BUFFER, file);
     let inner = WriteLogger::new(level, config, writer);
     log::set_max_level(inner.level());
@@ -58,6 +54,23 @@ pub fn init(dir: &Path, name: &str, level: log::LevelFilter) -> Result<PathBuf, 
 
 /// Set when a record is buffered, cleared when the buffer is written out.
 static UNFLUSHED: AtomicBool = AtomicBool::new(false);
+
+/// Set by `reopen`, seen by the log file at its next write or flush.
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+/// Writes out what is buffered and goes on in a newly opened `<Name>.log`, found by
+/// path: after logrotate (or an operator) moved the file away, records go to the new
+/// one. For SIGHUP.
+#[allow(dead_code)] // called by the reactor's SIGHUP handling, being added alongside
+pub fn reopen() {
+    REOPEN.store(true, Ordering::Relaxed);
+    flush();
+}
+
+/// The current time as the log shows it, for lines the log file writes about itself.
+pub fn now() -> impl std::fmt::Display {
+    Utc(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
+}
 
 /// Writes buffered records to the file.
 pub fn flush() {
@@ -168,28 +181,41 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// The most bytes of one message or reply a log line shows (SPEC §7): a client's 8 KiB
+/// lines would otherwise amplify into the log.
+pub const SHOWN_MAX: usize = 256;
+
 /// Message bytes for a log line: as text when they are printable UTF-8 (the common case,
 /// written in one piece), escaped otherwise, so a log line stays one line whatever a
-/// client sends.
+/// client sends. Past `SHOWN_MAX` bytes the text is cut and marked `...(N bytes)` with
+/// the full length.
 pub struct Shown<'a>(pub &'a [u8]);
 
 impl std::fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cut = self.0.len() > SHOWN_MAX;
+        let head = &self.0[..self.0.len().min(SHOWN_MAX)];
         // One branch-free pass (it vectorises) instead of an early-exit scan per byte.
-        let control = self
-            .0
-            .iter()
-            .fold(false, |acc, &b| acc | (b < 0x20) | (b == 0x7f));
-        match std::str::from_utf8(self.0) {
-            Ok(s) if !control => f.write_str(s),
-            _ => write!(f, "{}", self.0.escape_ascii()),
+        let control = head.iter().fold(false, |acc, &b| acc | (b < 0x20) | (b == 0x7f));
+        match std::str::from_utf8(head) {
+            Ok(s) if !control => f.write_str(s)?,
+            // The cut fell inside a character: show the text before it.
+            Err(e) if cut && !control && e.error_len().is_none() => {
+                let (text, _) = head.split_at(e.valid_up_to());
+                f.write_str(std::str::from_utf8(text).unwrap_or_default())?
+            }
+            _ => write!(f, "{}", head.escape_ascii())?,
         }
+        if cut {
+            write!(f, "...({} bytes)", self.0.len())?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Shown, Utc, civil_from_days};
+    use super::{SHOWN_MAX, Shown, Utc, civil_from_days};
     use std::time::Duration;
 
     #[test]
@@ -251,5 +277,47 @@ mod tests {
         assert_eq!(Shown(b"a\x0bb\r").to_string(), "a\\x0bb\\r");
         assert_eq!(Shown(b"\xff x").to_string(), "\\xff x");
         assert_eq!(Shown(b"del\x7f").to_string(), "del\\x7f");
+    }
+
+    #[test]
+    fn long_texts_are_cut_at_256_bytes_and_marked_with_their_length() {
+        let exact = vec![b'a'; SHOWN_MAX];
+        assert_eq!(
+            Shown(&exact).to_string(),
+            "a".repeat(256),
+            "256 bytes are shown whole"
+        );
+        let long = vec![b'a'; 8192];
+        assert_eq!(
+            Shown(&long).to_string(),
+            format!("{}...(8192 bytes)", "a".repeat(256))
+        );
+        // Escaping applies to the shown part only, and only control bytes there count.
+        let mut tail_control = vec![b'b'; 300];
+        tail_control[299] = 0;
+        assert_eq!(
+            Shown(&tail_control).to_string(),
+            format!("{}...(300 bytes)", "b".repeat(256))
+        );
+        let mut head_control = vec![b'c'; 300];
+        head_control[0] = b'\n';
+        assert_eq!(
+            Shown(&head_control).to_string(),
+            format!("\\n{}...(300 bytes)", "c".repeat(255))
+        );
+        // A cut inside a two-byte character keeps the text before it.
+        let mut split = vec![b'd'; 255];
+        split.extend_from_slice("\u{e9}\u{e9}".as_bytes());
+        assert_eq!(
+            Shown(&split).to_string(),
+            format!("{}...(259 bytes)", "d".repeat(255))
+        );
+        // Invalid UTF-8 in the shown part is still escaped.
+        let mut bad = vec![0xff; 1];
+        bad.extend(vec![b'e'; 400]);
+        assert_eq!(
+            Shown(&bad).to_string(),
+            format!("\\xff{}...(401 bytes)", "e".repeat(255))
+        );
     }
 }

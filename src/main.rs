@@ -94,13 +94,12 @@ fn run(args: cli::Args) -> Result<(), String> {
         peer_addr,
         neighbours,
         servers: herd.servers.iter().map(|s| s.name.clone()).collect(),
-        // limits.max_connections is wired by the config work; until then, SPEC §7's default.
-        max_connections: reactor::DEFAULT_MAX_CONNECTIONS,
-        // peers.dead_after_ms likewise (SPEC §5's default).
-        dead_after: links::DEFAULT_DEAD_AFTER,
+        // 0 in the file (None) turns the cap off, which the reactor spells 0.
+        max_connections: herd.limits.max_connections.unwrap_or(0),
+        dead_after: herd.peers.dead_after,
     };
     let reactor = reactor::Reactor::bind(settings, &herd.places, key).map_err(|e| e.to_string())?;
-    let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level)?;
+    let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level, herd.log.rotation)?;
     log::info!(
         "{} starting (herd {}): clients on {client_addr}, neighbours on {peer_addr}, linked to [{}], config {}, log {}",
         me.name,
@@ -135,19 +134,12 @@ fn run(args: cli::Args) -> Result<(), String> {
     result.map_err(|e| format!("reactor failed: {e}"))
 }
 
-/// `--list`: the validated herd, one server per line, for scripts.
+/// `--list`: the validated herd, one server per line, for scripts. The first five
+/// columns are what run.sh reads; ADMIN and the neighbours were added after them.
 fn list(path: &std::path::Path) -> Result<(), String> {
     let herd = config::load(path, |k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
     for s in &herd.servers {
-        let log = herd.log.dir.join(format!("{}.log", s.name));
-        println!(
-            "{} {} {} {} {}",
-            s.name,
-            s.host,
-            s.port,
-            s.peer_port,
-            log.display()
-        );
+        println!("{}", list_line(&herd, s));
     }
     Ok(())
 }
@@ -178,12 +170,33 @@ fn status(path: &std::path::Path) -> ExitCode {
 
 /// Where `herd status` finds a server's admin endpoint; `None` if it has none (or its
 /// `admin_host` does not resolve: the row then says it has no admin port).
-fn admin_addr(_server: &config::Server) -> Option<SocketAddr> {
-    // TODO(lead): once config::Server has `admin_port: Option<u16>` and `admin_host:
-    // String` (default 127.0.0.1), replace this body with:
-    //     let port = _server.admin_port?;
-    //     resolve(&_server.admin_host, port).ok()
-    None
+fn admin_addr(server: &config::Server) -> Option<SocketAddr> {
+    let port = server.admin_port?;
+    resolve(&server.admin_host, port).ok()
+}
+
+/// NAME HOST PORT PEER_PORT LOG_FILE ADMIN NEIGHBOURS; `-` for no admin port or no
+/// neighbours, so every line has seven fields.
+fn list_line(herd: &config::Herd, s: &config::Server) -> String {
+    let log = herd.log.dir.join(format!("{}.log", s.name));
+    let admin = match s.admin_port {
+        Some(port) if s.admin_host.contains(':') => format!("[{}]:{port}", s.admin_host),
+        Some(port) => format!("{}:{port}", s.admin_host),
+        None => "-".to_string(),
+    };
+    let neighbours = if s.neighbours.is_empty() {
+        "-".to_string()
+    } else {
+        s.neighbours.join(",")
+    };
+    format!(
+        "{} {} {} {} {} {admin} {neighbours}",
+        s.name,
+        s.host,
+        s.port,
+        s.peer_port,
+        log.display()
+    )
 }
 
 fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
@@ -192,4 +205,28 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .map_err(|e| format!("cannot resolve host `{host}`: {e}"))?
         .next()
         .ok_or_else(|| format!("host `{host}` has no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::list_line;
+    use std::path::Path;
+
+    #[test]
+    fn list_lines_keep_five_columns_then_admin_and_neighbours() {
+        let text = "servers:\n  A: { port: 1, peer_port: 2, admin_port: 3, neighbours: [B, C] }\n  \
+                    B: { port: 4, peer_port: 5, admin_host: '::1', admin_port: 6, neighbours: [A] }\n  \
+                    C: { port: 7, peer_port: 8, neighbours: [A] }\n  D: { port: 9, peer_port: 10 }\n";
+        let herd = crate::config::parse(text, Path::new("/h"), |_| None).unwrap_or_else(|e| panic!("{e}"));
+        let lines: Vec<String> = herd.servers.iter().map(|s| list_line(&herd, s)).collect();
+        assert_eq!(
+            lines,
+            [
+                "A 127.0.0.1 1 2 /h/logs/A.log 127.0.0.1:3 B,C",
+                "B 127.0.0.1 4 5 /h/logs/B.log [::1]:6 A",
+                "C 127.0.0.1 7 8 /h/logs/C.log - A",
+                "D 127.0.0.1 9 10 /h/logs/D.log - -",
+            ]
+        );
+    }
 }

@@ -62,8 +62,6 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// A failure that repeats (out of descriptors, over the connection cap) is logged at most
 /// this often (SPEC §7).
 const WARN_EVERY: Duration = Duration::from_secs(1);
-/// `Settings::max_connections` unless configured (SPEC §7).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// An AT record is an IAMAT plus a server name and a diff; neighbours get room for that.
 const PEER_LINE_SLACK: usize = 512;
 

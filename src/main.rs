@@ -3,6 +3,7 @@
 //! Start-up failures (bad arguments, bad config, unknown name, a port in use) print one
 //! line on stderr and exit with status 2 before anything is left listening.
 
+mod certs;
 mod cli;
 mod config;
 mod legacy_json;
@@ -35,6 +36,18 @@ fn main() -> ExitCode {
         Ok(Command::List(config)) => {
             return match list(&config) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(msg) => fail(&msg),
+            };
+        }
+        Ok(Command::Certs(args)) => {
+            return match certs::run(&args.config, args.out.as_deref(), args.force) {
+                Ok(paths) => {
+                    // Only the paths: a key's contents are never printed.
+                    for p in paths {
+                        println!("wrote {}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(msg) => fail(&msg),
             };
         }

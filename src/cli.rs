@@ -1,4 +1,4 @@
-//! Command-line arguments (lexopt): `herd [--config PATH] NAME`, `herd status`, `--help`,
+//! Command-line arguments (lexopt): `herd [--config PATH] NAME`, `herd status`, `herd certs ...`, `--help`,
 //! `--version`.
 
 use std::ffi::OsString;
@@ -11,6 +11,7 @@ herd: one server of a proxy herd (see herd.yml and README.md)
 Usage: herd [--config PATH] NAME
        herd [--config PATH] --list
        herd status [--config PATH]
+       herd certs [--config PATH] [--out DIR] [--force]
 
 Arguments:
   NAME                 the server to run, as named under `servers:` in the config
@@ -27,6 +28,11 @@ Options:
   -h, --help           print this help
   -V, --version        print the version
 
+herd certs: writes a new CA (ca.pem, ca.key) and <NAME>.pem + <NAME>.key for every server
+of the herd, for peer_tls (keys mode 0600; no key is ever printed)
+  -o, --out DIR        where to write them [default: certs/ beside the config]
+  -f, --force          replace existing files (without it, nothing is written if any exists)
+
 Environment:
   GOOGLE_PLACES_API_KEY  the Places API key (the variable named by places.key_env)
   HERD_PLACES_URL        overrides places.url
@@ -38,6 +44,7 @@ pub enum Command {
     Run(Args),
     List(PathBuf),
     Status(PathBuf),
+    Certs(CertsArgs),
     Help,
     Version,
 }
@@ -46,6 +53,15 @@ pub enum Command {
 pub struct Args {
     pub config: PathBuf,
     pub name: String,
+}
+
+/// `herd certs [--config PATH] [--out DIR] [--force]`.
+#[derive(Debug, PartialEq)]
+pub struct CertsArgs {
+    pub config: PathBuf,
+    /// `None`: `certs/` beside the config file.
+    pub out: Option<PathBuf>,
+    pub force: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -73,6 +89,12 @@ impl From<lexopt::Error> for CliError {
 
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliError> {
     use lexopt::prelude::*;
+    let mut args = args.into_iter().peekable();
+    // Only as the first argument, so `herd -c x.yml certs` still runs a server of that name.
+    if args.peek().is_some_and(|a| a == "certs") {
+        args.next();
+        return parse_certs(lexopt::Parser::from_args(args));
+    }
     let mut parser = lexopt::Parser::from_args(args);
     let mut config = PathBuf::from("herd.yml");
     let mut name = None;
@@ -111,6 +133,26 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
     }
     let name = name.ok_or(CliError::MissingName)?;
     Ok(Command::Run(Args { config, name }))
+}
+
+fn parse_certs(mut parser: lexopt::Parser) -> Result<Command, CliError> {
+    use lexopt::prelude::*;
+    let mut certs = CertsArgs {
+        config: PathBuf::from("herd.yml"),
+        out: None,
+        force: false,
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('c') | Long("config") => certs.config = parser.value()?.into(),
+            Short('o') | Long("out") => certs.out = Some(parser.value()?.into()),
+            Short('f') | Long("force") => certs.force = true,
+            Value(v) => return Err(CliError::ExtraArgument(v.to_string_lossy().into_owned())),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    Ok(Command::Certs(certs))
 }
 
 #[cfg(test)]
@@ -173,6 +215,29 @@ mod tests {
             Err(CliError::ExtraArgument("Bailey".into()))
         );
         assert!(matches!(p(&["status", "--list"]), Err(CliError::Invalid(_))));
+    }
+
+    #[test]
+    fn certs_with_defaults_and_options() {
+        let certs = |config: &str, out: Option<&str>, force| {
+            Ok(Command::Certs(CertsArgs {
+                config: config.into(),
+                out: out.map(PathBuf::from),
+                force,
+            }))
+        };
+        assert_eq!(p(&["certs"]), certs("herd.yml", None, false));
+        assert_eq!(
+            p(&["certs", "-c", "h.yml", "--out", "d", "--force"]),
+            certs("h.yml", Some("d"), true)
+        );
+        assert_eq!(p(&["certs", "--out=d", "-f"]), certs("herd.yml", Some("d"), true));
+        assert_eq!(
+            p(&["certs", "Bailey"]),
+            Err(CliError::ExtraArgument("Bailey".into()))
+        );
+        // Not first: a server named `certs`.
+        assert_eq!(p(&["-c", "x.yml", "certs"]), run("x.yml", "certs"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 #[allow(dead_code)]
 mod admin;
+mod certs;
 mod cli;
 mod config;
 mod legacy_json;
@@ -26,6 +27,9 @@ mod snapshot;
 mod status;
 mod table;
 mod timer;
+// The TLS building blocks for peer links (SPEC §6), not yet wired into the reactor.
+#[allow(dead_code)]
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -50,6 +54,18 @@ fn main() -> ExitCode {
             };
         }
         Ok(Command::Status(config)) => return status(&config),
+        Ok(Command::Certs(args)) => {
+            return match certs::run(&args.config, args.out.as_deref(), args.force) {
+                Ok(paths) => {
+                    // Only the paths: a key's contents are never printed.
+                    for p in paths {
+                        println!("wrote {}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(msg) => fail(&msg),
+            };
+        }
         Ok(Command::Run(args)) => args,
         Err(e) => return fail(&format!("{e} (try --help)")),
     };

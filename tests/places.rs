@@ -338,7 +338,12 @@ fn a_client_that_leaves_before_its_answer_does_not_get_it_delivered_to_a_success
     let mut first = h.client("Alpha");
     first.ask(KIWI);
     first.send("WHATSAT kiwi 10 2\n");
-    stub.wait_requests(1, DEADLINE);
+    // The premise: the first client's call is under way when it leaves.
+    assert_eq!(
+        stub.wait_requests(1, DEADLINE).len(),
+        1,
+        "the departed client's WHATSAT reached Places"
+    );
     // A reset, not a half-close: the server must drop the connection (and free its slot)
     // while the answer is still on its way.
     socket2::SockRef::from(&first.stream)

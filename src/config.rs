@@ -23,8 +23,9 @@ pub const DEFAULT_KEY_ENV: &str = "GOOGLE_PLACES_API_KEY";
 pub const DEFAULT_MAX_LINE: usize = 8192;
 const NEW_API_URL: &str = "https://places.googleapis.com";
 const LEGACY_API_URL: &str = "https://maps.googleapis.com";
-/// Lines shorter than this could not even hold an IAMAT with a plausible client name.
-const MIN_MAX_LINE: usize = 64;
+/// A bound this small makes every message over-long, which is the operator's (or a test's)
+/// choice, not an error.
+const MIN_MAX_LINE: usize = 1;
 const MAX_MAX_LINE: usize = 1 << 20;
 const MAX_WORKERS: usize = 256;
 /// Far above any Places quota; a bigger number is more likely a typo than a plan.
@@ -422,19 +423,17 @@ impl fmt::Display for Problem {
 #[serde(deny_unknown_fields)]
 struct RawHerd {
     servers: RawServers,
-    #[serde(default)]
-    places: RawPlaces,
-    #[serde(default)]
-    log: RawLog,
-    #[serde(default)]
-    limits: RawLimits,
-    #[serde(default)]
-    table: RawTable,
-    #[serde(default)]
-    peers: RawPeers,
-    #[serde(default)]
-    state: RawState,
+    // Each section may be left out, or written empty (`log:` or `log: ~`): both mean its
+    // defaults.
+    places: Option<RawPlaces>,
+    log: Option<RawLog>,
+    limits: Option<RawLimits>,
+    table: Option<RawTable>,
+    peers: Option<RawPeers>,
+    state: Option<RawState>,
     peer_tls: Option<RawPeerTls>,
+    /// The default for every server's `admin_host`.
+    admin_host: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -536,21 +535,30 @@ impl<'de> Deserialize<'de> for RawServers {
 }
 
 fn validate(raw: RawHerd, base: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Herd, Problem> {
-    let servers = validate_servers(raw.servers.0)?;
-    let places = validate_places(raw.places, &env)?;
-    let log = validate_log(raw.log, base)?;
-    let limits = validate_limits(raw.limits)?;
-    let table = TableRules {
-        ttl: seconds("table.ttl_s", raw.table.ttl_s.unwrap_or(0))?,
+    let admin_host = match raw.admin_host {
+        Some(h) if h.trim().is_empty() => return Err(Problem::invalid("admin_host", "empty host")),
+        Some(h) => h,
+        None => DEFAULT_HOST.to_string(),
     };
-    let dead_after_ms = raw.peers.dead_after_ms.unwrap_or(DEFAULT_DEAD_AFTER_MS);
+    let servers = validate_servers(raw.servers.0, &admin_host)?;
+    let places = validate_places(raw.places.unwrap_or_default(), &env)?;
+    let log = validate_log(raw.log.unwrap_or_default(), base)?;
+    let limits = validate_limits(raw.limits.unwrap_or_default())?;
+    let table = TableRules {
+        ttl: seconds("table.ttl_s", raw.table.unwrap_or_default().ttl_s.unwrap_or(0))?,
+    };
+    let dead_after_ms = raw
+        .peers
+        .unwrap_or_default()
+        .dead_after_ms
+        .unwrap_or(DEFAULT_DEAD_AFTER_MS);
     if !DEAD_AFTER_MS.contains(&dead_after_ms) {
         return Err(out_of_range("peers.dead_after_ms", dead_after_ms, DEAD_AFTER_MS));
     }
     let peers = Peers {
         dead_after: Duration::from_millis(dead_after_ms),
     };
-    let state = validate_state(raw.state, base)?;
+    let state = validate_state(raw.state.unwrap_or_default(), base)?;
     let peer_tls = raw.peer_tls.map(|t| validate_peer_tls(t, base)).transpose()?;
     Ok(Herd {
         servers,
@@ -581,7 +589,11 @@ fn seconds(key: &str, v: u64) -> Result<Option<Duration>, Problem> {
 }
 
 fn validate_limits(raw: RawLimits) -> Result<Limits, Problem> {
-    let max_line = raw.max_line.unwrap_or(DEFAULT_MAX_LINE);
+    // 0 ("off") is the longest line herd will hold: memory per connection stays bounded.
+    let max_line = match raw.max_line.unwrap_or(DEFAULT_MAX_LINE) {
+        0 => MAX_MAX_LINE,
+        n => n,
+    };
     if !(MIN_MAX_LINE..=MAX_MAX_LINE).contains(&max_line) {
         return Err(out_of_range(
             "limits.max_line",
@@ -633,7 +645,7 @@ fn validate_peer_tls(raw: RawPeerTls, base: &Path) -> Result<PeerTls, Problem> {
     })
 }
 
-fn validate_servers(raw: Vec<(String, RawServer)>) -> Result<Vec<Server>, Problem> {
+fn validate_servers(raw: Vec<(String, RawServer)>, default_admin_host: &str) -> Result<Vec<Server>, Problem> {
     if raw.is_empty() {
         return Err(Problem::invalid("servers", "no servers listed"));
     }
@@ -662,7 +674,7 @@ fn validate_servers(raw: Vec<(String, RawServer)>) -> Result<Vec<Server>, Proble
                 ));
             }
         }
-        let admin_host = r.admin_host.unwrap_or_else(|| DEFAULT_HOST.to_string());
+        let admin_host = r.admin_host.unwrap_or_else(|| default_admin_host.to_string());
         if admin_host.trim().is_empty() {
             return Err(Problem::invalid(
                 format!("servers.{name}.admin_host"),
@@ -801,10 +813,11 @@ fn validate_places(raw: RawPlaces, env: impl Fn(&str) -> Option<String>) -> Resu
 fn validate_log(raw: RawLog, base: &Path) -> Result<Log, Problem> {
     let dir = raw.dir.unwrap_or_else(|| PathBuf::from("logs"));
     let dir = if dir.is_relative() { base.join(dir) } else { dir };
-    let level = match raw.level.as_deref().unwrap_or("info") {
+    let level = raw.level.as_deref().unwrap_or("info").to_ascii_lowercase();
+    let level = match level.as_str() {
         "off" => log::LevelFilter::Off,
         "error" => log::LevelFilter::Error,
-        "warn" => log::LevelFilter::Warn,
+        "warn" | "warning" => log::LevelFilter::Warn,
         "info" => log::LevelFilter::Info,
         "debug" => log::LevelFilter::Debug,
         "trace" => log::LevelFilter::Trace,
@@ -994,8 +1007,8 @@ mod tests {
             let e = with_err(&format!("limits: {{ {key}: many }}"));
             assert!(e.starts_with(&format!("limits.{key}: invalid type")), "{e}");
         }
-        let e = with_err("limits: { max_line: 0 }");
-        assert_eq!(e, "limits.max_line: 0 is out of range 64..=1048576");
+        let e = with_err("limits: { max_line: 1048577 }");
+        assert_eq!(e, "limits.max_line: 1048577 is out of range 1..=1048576");
         let e = with_err("limits: { max_lines: 100 }");
         assert!(e.starts_with("limits: unknown field `max_lines`"), "{e}");
     }
@@ -1430,8 +1443,22 @@ mod tests {
         assert_eq!(e, "places.url: `ftp://x` must start with http:// or https://");
         let e = parse_err(&format!("{base}log: {{ level: loud }}\n"));
         assert!(e.starts_with("log.level: `loud` is not one of"), "{e}");
-        let e = parse_err(&format!("{base}limits: {{ max_line: 10 }}\n"));
-        assert_eq!(e, "limits.max_line: 10 is out of range 64..=1048576");
+        // A tiny bound is allowed (every message is then over-long); 0 is the largest.
+        let small = |v: &str| parse_ok(&format!("{base}limits: {{ max_line: {v} }}\n")).max_line;
+        assert_eq!(small("10"), 10);
+        assert_eq!(small("0"), 1 << 20);
+        // Level names are not case-sensitive; `warning` is `warn`.
+        let level = |v: &str| parse_ok(&format!("{base}log: {{ level: {v} }}\n")).log.level;
+        assert_eq!(level("INFO"), log::LevelFilter::Info);
+        assert_eq!(level("Warning"), log::LevelFilter::Warn);
+        // An empty section is its defaults; a top-level admin_host is every server's default.
+        let h = parse_ok(&format!("{base}log: ~\nlimits:\nadmin_host: 0.0.0.0\n"));
+        assert_eq!(h.max_line, 8192);
+        assert!(
+            h.servers.iter().all(|s| s.admin_host == "0.0.0.0"),
+            "{:?}",
+            h.servers
+        );
         let h = parse_ok(&format!(
             "{base}limits: {{ max_line: 300 }}\nlog: {{ dir: /var/log/herd, level: debug }}\n"
         ));

@@ -204,15 +204,29 @@ impl Write for LogFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.reopen_if_asked();
         if let Some(at) = self.rotate_at
-            && self.end.saturating_add(buf.len() as u64) >= at
-            && let Some(i) = buf.iter().rposition(|&b| b == b'\n')
+            && self.end.saturating_add(buf.len() as u64) > at
         {
-            // The old file ends at this line end; the caller writes the rest anew.
-            let n = self.write_here(&buf[..=i])?;
-            if n == i + 1 {
-                self.rotate();
+            // The old file ends at the last line end that fits, so it stays within
+            // max_bytes; the caller writes the rest anew. Only a line longer than
+            // max_bytes, in a file of its own, goes past it.
+            let room = usize::try_from(at.saturating_sub(self.end)).map_or(buf.len(), |r| r.min(buf.len()));
+            let fits = buf[..room].iter().rposition(|&b| b == b'\n');
+            let cut = fits.or_else(|| {
+                (self.end == 0)
+                    .then(|| buf.iter().position(|&b| b == b'\n'))
+                    .flatten()
+            });
+            match cut {
+                Some(i) => {
+                    let n = self.write_here(&buf[..=i])?;
+                    if n == i + 1 {
+                        self.rotate();
+                    }
+                    return Ok(n);
+                }
+                None if self.end > 0 => self.rotate(),
+                None => {}
             }
-            return Ok(n);
         }
         self.write_here(buf)
     }

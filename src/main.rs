@@ -20,6 +20,7 @@ mod metrics;
 mod places;
 mod protocol;
 mod reactor;
+mod resolver;
 mod session;
 mod slab;
 #[allow(dead_code)]
@@ -93,13 +94,20 @@ fn run(args: cli::Args) -> Result<(), String> {
     };
     let client_addr = resolve(&me.host, me.port)?;
     let peer_addr = resolve(&me.host, me.peer_port)?;
-    let mut neighbours = Vec::new();
-    for n in &me.neighbours {
-        // Validation guarantees every neighbour is a configured server.
-        if let Some(s) = herd.server(n) {
-            neighbours.push((s.name.clone(), resolve(&s.host, s.peer_port)?));
-        }
-    }
+    // SPEC §5: neighbours' names are looked up at each dial, not here; only our own host
+    // must resolve at start. Validation guarantees every neighbour is a configured server.
+    let neighbours = me
+        .neighbours
+        .iter()
+        .filter_map(|n| herd.server(n))
+        .map(|s| {
+            let at = links::Endpoint {
+                host: s.host.clone(),
+                port: s.peer_port,
+            };
+            (s.name.clone(), at)
+        })
+        .collect();
     // An unset or empty variable means no key (SPEC §1); the key itself is never printed.
     let key = std::env::var(&herd.places.key_env).ok().filter(|k| !k.is_empty());
     let has_key = key.is_some();

@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,10 +30,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::lines::{Fill, Line, LineReader, WriteQueue};
-use crate::links::{Command, Links, NeighbourId};
+use crate::links::{Command, Endpoint, Links, NeighbourId};
 use crate::logging::Shown;
 use crate::places::Pool;
 use crate::protocol;
+use crate::resolver::Resolver;
 use crate::session::{Session, Shared};
 use crate::slab::{ConnId, Slab};
 use crate::table::Table;
@@ -64,6 +66,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 const WARN_EVERY: Duration = Duration::from_secs(1);
 /// An AT record is an IAMAT plus a server name and a diff; neighbours get room for that.
 const PEER_LINE_SLACK: usize = 512;
+/// Table-sync chunks one loop pass may write to sockets that take them at once, before the
+/// loop goes round (serving clients) again.
+const SYNC_CHUNKS_PER_PASS: usize = 8;
 
 /// What this server is, for the reactor.
 pub struct Settings {
@@ -71,8 +76,8 @@ pub struct Settings {
     pub max_line: usize,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
-    /// Each neighbour's name and peer address.
-    pub neighbours: Vec<(String, SocketAddr)>,
+    /// Each neighbour's name and where to dial it (a name is looked up at each dial).
+    pub neighbours: Vec<(String, Endpoint)>,
     /// Every server of herd.yml: a record from a neighbour naming another origin is
     /// malformed (SPEC §3).
     pub servers: Vec<String>,
@@ -100,6 +105,9 @@ pub struct Reactor {
     commands: Vec<Command>,
     log_flushed_at: Instant,
     accept: AcceptState,
+    resolver: Resolver,
+    /// `peers.dead_after`: the dialler's TCP user timeout.
+    dead_after: Duration,
 }
 
 /// Keeps descriptor exhaustion from feeding on itself (SPEC §7): one retry at most,
@@ -200,9 +208,12 @@ impl Reactor {
             .map_err(|e| StartError::Io("cannot register signals", e))?;
         let listener = listen(&poll, settings.client_addr, LISTENER)?;
         let peer_listener = listen(&poll, settings.peer_addr, PEER_LISTENER)?;
-        let waker =
-            Waker::new(poll.registry(), WAKER).map_err(|e| StartError::Io("cannot create waker", e))?;
-        let pool = Pool::start(places_cfg, places_key, Arc::new(waker), PLACES_QUEUE)
+        // mio allows one waker per poll: the Places pool and the resolver share it.
+        let waker = Arc::new(
+            Waker::new(poll.registry(), WAKER).map_err(|e| StartError::Io("cannot create waker", e))?,
+        );
+        let resolver = Resolver::new(Arc::clone(&waker));
+        let pool = Pool::start(places_cfg, places_key, waker, PLACES_QUEUE)
             .map_err(|e| StartError::Io("cannot start Places workers", e))?;
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -245,6 +256,8 @@ impl Reactor {
                 failed: Throttle::new(WARN_EVERY),
                 refused: Throttle::new(WARN_EVERY),
             },
+            resolver,
+            dead_after: settings.dead_after,
         })
     }
 
@@ -266,7 +279,10 @@ impl Reactor {
                 match event.token() {
                     LISTENER => self.accept(LISTENER, now),
                     PEER_LISTENER => self.accept(PEER_LISTENER, now),
-                    WAKER => self.places_answers(),
+                    WAKER => {
+                        self.places_answers();
+                        self.resolver_answers(now);
+                    }
                     SIGNALS => {
                         if self.signalled() {
                             self.shutdown();
@@ -295,7 +311,13 @@ impl Reactor {
     }
 
     fn poll_timeout(&self, now: Instant) -> Duration {
-        if !self.ready.is_empty() {
+        let conns = &self.conns;
+        if !self.ready.is_empty()
+            || self
+                .sh
+                .links
+                .sync_wants_room(|id| conns.get(id).map_or(usize::MAX, |c| c.output.len()))
+        {
             return Duration::ZERO;
         }
         let mut timeout = MAX_POLL_WAIT;
@@ -354,6 +376,11 @@ impl Reactor {
             for command in commands.drain(..) {
                 match command {
                     Command::Dial { n, addr } => self.dial(n, addr, now),
+                    Command::Resolve { n, seq, host, port } => {
+                        if let Err(e) = self.resolver.submit(n, seq, host, port) {
+                            self.sh.links.resolved(n, seq, Err(e), now);
+                        }
+                    }
                     Command::Send { conn, bytes } => {
                         if let Some(c) = self.conns.get_mut(conn) {
                             c.output.append(bytes);
@@ -483,8 +510,14 @@ impl Reactor {
     fn dial(&mut self, n: NeighbourId, addr: SocketAddr, now: Instant) {
         let interest = Interest::READABLE | Interest::WRITABLE;
         let max_line = self.max_line + PEER_LINE_SLACK;
+        let dead_after = self.dead_after;
         let conn = TcpStream::connect(addr)
             .ok()
+            .inspect(|stream| {
+                if let Err(e) = set_dead_path_options(stream, dead_after) {
+                    warn!("{addr}: cannot set keep-alive and TCP_USER_TIMEOUT: {e}");
+                }
+            })
             .and_then(|stream| self.add_conn(stream, addr, Role::PeerOut, max_line, interest));
         match conn {
             Some(id) => self.sh.links.dial_started(n, id, now),
@@ -507,7 +540,7 @@ impl Reactor {
             },
         };
         match failed {
-            Some(e) => self.close(id, &e.to_string(), now),
+            Some(e) => self.close_failed(id, &e, now),
             None => self.sh.links.connected(id, &self.sh.table, now),
         }
     }
@@ -573,7 +606,7 @@ impl Reactor {
                         self.schedule(id);
                     }
                 }
-                Err(e) => self.close(id, &e.to_string(), now),
+                Err(e) => self.close_failed(id, &e, now),
             }
             // A HELLO may have asked to close an older link or to dial back.
             self.run_commands(now);
@@ -581,10 +614,26 @@ impl Reactor {
     }
 
     fn flush_dirty(&mut self, now: Instant) {
+        // A table sync whose chunk the socket took at once gets the next at once, a few
+        // times per pass; the poll does not wait while one has room (`poll_timeout`).
+        for _ in 0..SYNC_CHUNKS_PER_PASS {
+            self.flush_pass(now);
+            let conns = &self.conns;
+            if !self
+                .sh
+                .links
+                .sync_wants_room(|id| conns.get(id).map_or(usize::MAX, |c| c.output.len()))
+            {
+                break;
+            }
+        }
+    }
+
+    fn flush_pass(&mut self, now: Instant) {
         let conns = &self.conns;
-        self.sh
-            .links
-            .flush(now, |id| conns.get(id).map_or(0, |c| c.output.len()));
+        self.sh.links.flush(now, &self.sh.table, |id| {
+            conns.get(id).map_or(0, |c| c.output.len())
+        });
         self.run_commands(now);
         let mut dirty = std::mem::take(&mut self.dirty);
         for id in dirty.drain(..) {
@@ -593,7 +642,7 @@ impl Reactor {
             };
             conn.in_dirty = false;
             if let Err(e) = flush(conn, id, self.poll.registry()) {
-                self.close(id, &e.to_string(), now);
+                self.close_failed(id, &e, now);
                 continue;
             }
             if conn.finished() {
@@ -622,6 +671,26 @@ impl Reactor {
         }
     }
 
+    /// The neighbours' lookups that answered.
+    fn resolver_answers(&mut self, now: Instant) {
+        let links = &mut self.sh.links;
+        self.resolver.drain(|a| links.resolved(a.n, a.seq, a.addr, now));
+        self.run_commands(now);
+    }
+
+    /// Closes a connection whose socket failed with `e`. On a link we dialled, a TCP user
+    /// timeout with output still waiting is a neighbour that does not read (links.rs).
+    fn close_failed(&mut self, id: ConnId, e: &io::Error, now: Instant) {
+        if let Some(conn) = self.conns.get(id)
+            && conn.role == Role::PeerOut
+            && e.raw_os_error() == Some(libc::ETIMEDOUT)
+        {
+            let backlog = !conn.output.is_empty();
+            self.sh.links.timed_out(id, backlog);
+        }
+        self.close(id, &e.to_string(), now);
+    }
+
     fn close(&mut self, id: ConnId, why: &str, now: Instant) {
         let Some(mut conn) = self.conns.remove(id) else {
             return;
@@ -642,6 +711,39 @@ impl Reactor {
                 self.sh.links.closed(id, why, now);
             }
         }
+    }
+}
+
+/// SPEC §5: a dialled link fails once data sat unacknowledged for `dead_after`
+/// (`TCP_USER_TIMEOUT`), and keep-alive probes an idle path well within it (the heartbeat
+/// keeps a dialled link from being idle long anyway, so the probes are a second line).
+fn set_dead_path_options(stream: &TcpStream, dead_after: Duration) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    let ms = libc::c_int::try_from(dead_after.as_millis()).unwrap_or(libc::c_int::MAX);
+    // Keep-alive counts in whole seconds: probe after a third of dead_after, each second.
+    let idle = (ms / 3000).max(1);
+    let count = (ms / 1000 - idle).max(1);
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms),
+    ] {
+        setsockopt(fd, level, name, value)?;
+    }
+    Ok(())
+}
+
+fn setsockopt(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket owned by the caller's stream, and `value` outlives
+    // the call; setsockopt only reads `len` bytes from it.
+    let rc = unsafe { libc::setsockopt(fd, level, name, (&raw const value).cast(), len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

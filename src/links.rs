@@ -372,6 +372,10 @@ impl Links {
             .timers
             .insert(now + CONNECT_TIMEOUT, LinkTimer::ConnectTimeout(n));
         let nb = &mut self.neighbours[n.0];
+        if let Out::Down { retry } = nb.out {
+            // The guard `resolved` left, in case no dial report came.
+            self.timers.cancel(retry);
+        }
         nb.out = Out::Connecting { conn, timeout };
         debug!("link to {} ({}): connecting", nb.name, nb.addr);
     }
@@ -767,7 +771,7 @@ mod tests {
             let dials: Vec<Command> = commands(l);
             if dials
                 .iter()
-                .any(|c| matches!(c, Command::Dial { n: m, .. } if *m == n))
+                .any(|c| matches!(c, Command::Dial { n: m, .. } | Command::Resolve { n: m, .. } if *m == n))
             {
                 return ms(k);
             }
@@ -1166,6 +1170,155 @@ mod tests {
         assert_eq!(commands(&mut l), vec![], "the first connection's check is void");
         l.expire(second + DEAD_AFTER + TIMER_TICK);
         assert!(matches!(&commands(&mut l)[..], [Command::Close { conn: c, .. }] if *c == conn(9)));
+    }
+
+    #[test]
+    fn a_table_sync_is_streamed_in_bounded_chunks_and_survives_changes() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        let mut table = Table::default();
+        let line = |i: usize| format!("AT X +0.000000001 c{i} +1+1 5");
+        for i in 0..100_000 {
+            let at = line(i);
+            table.offer(
+                format!("c{i}").as_bytes(),
+                Timestamp::parse(b"5").unwrap_or_else(|| panic!()),
+                at.as_bytes(),
+                0..0,
+            );
+        }
+        l.dial_started(A, conn(0), t0);
+        l.connected(conn(0), &table, t0);
+        assert_eq!(
+            commands(&mut l),
+            vec![Command::Send {
+                conn: conn(0),
+                bytes: b"HELLO Me\n".to_vec()
+            }]
+        );
+        // The socket takes 100 KiB a pass; the connection's output is what it holds.
+        let mut queued = 0usize;
+        let mut most = 0usize;
+        let mut sent = Vec::new();
+        for pass in 0..100_000 {
+            if pass == 3 {
+                // Records added and replaced meanwhile (they would be flooded too).
+                for i in 100_000..100_050 {
+                    let at = line(i);
+                    table.offer(
+                        format!("c{i}").as_bytes(),
+                        Timestamp::parse(b"5").unwrap_or_else(|| panic!()),
+                        at.as_bytes(),
+                        0..0,
+                    );
+                }
+            }
+            l.flush(t0, &table, |_| queued);
+            for cmd in commands(&mut l) {
+                if let Command::Send { bytes, .. } = cmd {
+                    queued += bytes.len();
+                    sent.extend(bytes);
+                }
+            }
+            most = most.max(queued);
+            queued = queued.saturating_sub(100 << 10);
+            if queued == 0 && !l.sync_wants_room(|_| 0) {
+                break;
+            }
+        }
+        assert!(most <= 2 * SYNC_CHUNK + 1024, "{most} bytes queued at once");
+        let text = String::from_utf8_lossy(&sent);
+        let got: std::collections::HashSet<&str> = text.lines().collect();
+        let missing = (0..100_000).filter(|i| !got.contains(line(*i).as_str())).count();
+        assert_eq!(missing, 0, "records there all along were skipped");
+        assert!(!l.sync_wants_room(|_| 0), "the sync is done");
+    }
+
+    #[test]
+    fn a_name_is_looked_up_at_each_dial_and_a_failed_lookup_is_a_failed_dial() {
+        let t0 = Instant::now();
+        let at = Endpoint {
+            host: "bona.example".into(),
+            port: 7,
+        };
+        let mut l = Links::new("Me".into(), vec![("A".into(), at)], DEAD_AFTER, t0, 7);
+        l.expire(t0);
+        let resolve = |seq| Command::Resolve {
+            n: A,
+            seq,
+            host: "bona.example".into(),
+            port: 7,
+        };
+        assert_eq!(commands(&mut l), vec![resolve(1)]);
+        // A HELLO meanwhile does not start a second dial.
+        l.hello(conn(9), b"A", t0);
+        assert_eq!(commands(&mut l), vec![]);
+        l.resolved(A, 1, Err("not found".into()), t0 + ms(5));
+        assert_eq!(commands(&mut l), vec![]);
+        let wait = next_dial(&mut l, A, t0 + ms(5));
+        assert!(wait > ms(20), "retried with backoff: {wait:?}");
+        // The next dial looks the name up again; a late answer to the first is ignored.
+        let second = t0 + ms(5) + wait;
+        l.resolved(A, 1, Ok(addr(1)), second);
+        assert_eq!(commands(&mut l), vec![]);
+        l.resolved(A, 2, Ok(addr(1)), second);
+        assert_eq!(commands(&mut l), vec![Command::Dial { n: A, addr: addr(1) }]);
+        l.dial_started(A, conn(0), second);
+        l.connected(conn(0), &Table::default(), second);
+        assert!(matches!(&commands(&mut l)[..], [Command::Send { .. }]), "up");
+    }
+
+    #[test]
+    fn a_lookup_that_never_answers_times_out_like_a_connect() {
+        let t0 = Instant::now();
+        let at = Endpoint {
+            host: "bona.example".into(),
+            port: 7,
+        };
+        let mut l = Links::new("Me".into(), vec![("A".into(), at)], DEAD_AFTER, t0, 7);
+        l.expire(t0);
+        commands(&mut l);
+        l.expire(t0 + CONNECT_TIMEOUT + TIMER_TICK);
+        let later = t0 + CONNECT_TIMEOUT + TIMER_TICK;
+        let wait = next_dial(&mut l, A, later);
+        assert!(wait <= RETRY_CAP + TIMER_TICK, "redialled: {wait:?}");
+    }
+
+    #[test]
+    fn heartbeats_come_at_least_three_times_per_dead_after() {
+        let t0 = Instant::now();
+        let mut l = Links::new("Me".into(), vec![("A".into(), addr(1).into())], ms(1000), t0, 7);
+        l.expire(t0);
+        commands(&mut l);
+        up(&mut l, A, conn(0), t0, &Table::default());
+        l.expire(t0 + ms(340));
+        assert!(
+            matches!(&commands(&mut l)[..], [Command::Send { bytes, .. }] if bytes == b"\n"),
+            "no heartbeat a third of dead_after after the last write"
+        );
+    }
+
+    #[test]
+    fn a_user_timeout_with_output_waiting_counts_as_not_reading() {
+        let t0 = Instant::now();
+        let mut l = links(t0);
+        let mut now = t0;
+        for (i, step) in [50u64, 100, 200].into_iter().enumerate() {
+            up(&mut l, A, conn(i), now, &Table::default());
+            l.timed_out(conn(i), true);
+            l.closed(conn(i), "Connection timed out", now);
+            let d = next_dial(&mut l, A, now);
+            assert!(
+                d > ms(step * 3 / 4) && d <= ms(step) + TIMER_TICK * 2,
+                "drop {i}: {d:?}"
+            );
+            now += d;
+        }
+        // A timeout with nothing waiting is a dead path: the ordinary backoff.
+        up(&mut l, A, conn(7), now, &Table::default());
+        l.timed_out(conn(7), false);
+        l.closed(conn(7), "Connection timed out", now);
+        assert!(next_dial(&mut l, A, now) <= ms(50) + TIMER_TICK);
     }
 
     #[test]

@@ -486,6 +486,10 @@ impl Links {
         };
         let retry = self.timers.insert(now + delay, LinkTimer::Redial(n));
         let was = std::mem::replace(&mut nb.out, Out::Down { retry });
+        if let Out::Down { retry: guard } = was {
+            // The guard `resolved` left for a dial that failed to start: this retry is it.
+            self.timers.cancel(guard);
+        }
         nb.outbox.clear();
         nb.sync = None;
         let msg = format!(

@@ -28,11 +28,9 @@ mod snapshot;
 mod status;
 mod table;
 mod timer;
-// The TLS building blocks for peer links (SPEC §6), not yet wired into the reactor.
-#[allow(dead_code)]
 mod tls;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -111,6 +109,19 @@ fn run(args: cli::Args) -> Result<(), String> {
     // An unset or empty variable means no key (SPEC §1); the key itself is never printed.
     let key = std::env::var(&herd.places.key_env).ok().filter(|k| !k.is_empty());
     let has_key = key.is_some();
+    let tls = load_tls(&herd, &me.name)?;
+    let tls_note = match &herd.peer_tls {
+        Some(t) => {
+            let (ca, cert, _) = t.for_server(&me.name);
+            Some(format!(
+                "peer links: mutual TLS 1.3 (CA {}, certificate {})",
+                ca.display(),
+                cert.display()
+            ))
+        }
+        None => None,
+    };
+    let exposed = plain_exposure(&herd, me);
     let settings = reactor::Settings {
         name: me.name.clone(),
         max_line: herd.max_line,
@@ -121,6 +132,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         // 0 in the file (None) turns the cap off, which the reactor spells 0.
         max_connections: herd.limits.max_connections.unwrap_or(0),
         dead_after: herd.peers.dead_after,
+        tls,
     };
     let reactor = reactor::Reactor::bind(settings, &herd.places, key).map_err(|e| e.to_string())?;
     let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level, herd.log.rotation)?;
@@ -147,6 +159,16 @@ fn run(args: cli::Args) -> Result<(), String> {
             )
         }
     );
+    match tls_note {
+        Some(note) => log::info!("{note}"),
+        None if !exposed.is_empty() => log::warn!(
+            "peer links are plain TCP and {} not on loopback: the peer port trusts any HELLO \
+             (anyone who reaches it can inject records, and links travel in clear); set peer_tls \
+             (see `herd certs`)",
+            exposed.join(", ")
+        ),
+        None => {}
+    }
     logging::flush();
     let result = reactor.run();
     if let Err(e) = &result {
@@ -156,6 +178,49 @@ fn run(args: cli::Args) -> Result<(), String> {
     // the shutdown grace, or the records before a failure.
     logging::flush();
     result.map_err(|e| format!("reactor failed: {e}"))
+}
+
+/// `peer_tls`: this server's CA, certificate and key, checked before anything listens. A
+/// certificate that does not name this server would be refused by every neighbour.
+fn load_tls(herd: &config::Herd, me: &str) -> Result<Option<tls::TlsSetup>, String> {
+    let Some(t) = &herd.peer_tls else {
+        return Ok(None);
+    };
+    let (ca, cert, key) = t.for_server(me);
+    let setup = tls::TlsSetup::load(&ca, &cert, &key).map_err(|e| format!("peer_tls: {e}"))?;
+    if !setup.cert_names(me) {
+        return Err(format!(
+            "peer_tls: {} does not name server {me} (wrong server's certificate?)",
+            cert.display()
+        ));
+    }
+    Ok(Some(setup))
+}
+
+/// Without `peer_tls`: this server's peer address and its neighbours' hosts that are not
+/// on loopback (SPEC §6's warning), as `Name (host)`.
+fn plain_exposure(herd: &config::Herd, me: &config::Server) -> Vec<String> {
+    if herd.peer_tls.is_some() {
+        return Vec::new();
+    }
+    std::iter::once(me)
+        .chain(me.neighbours.iter().filter_map(|n| herd.server(n)))
+        .filter(|s| !is_loopback_host(&s.host))
+        .map(|s| format!("{} ({})", s.name, s.host))
+        .collect()
+}
+
+/// A host counts as loopback if it is a loopback address or `localhost`. Other names are
+/// not looked up: start-up must not wait on a resolver for a warning (SPEC §5), and a
+/// name may point anywhere later.
+fn is_loopback_host(host: &str) -> bool {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let h = host.trim_end_matches('.').to_ascii_lowercase();
+            h == "localhost" || h.ends_with(".localhost")
+        }
+    }
 }
 
 /// `--list`: the validated herd, one server per line, for scripts. The first five
@@ -235,6 +300,28 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
 mod tests {
     use super::list_line;
     use std::path::Path;
+
+    #[test]
+    fn plain_peer_links_off_loopback_are_named_for_the_warning() {
+        use super::plain_exposure;
+        let base = "servers:\n  A: { port: 1, peer_port: 2, neighbours: [B, C] }\n  \
+                    B: { host: 10.1.2.3, port: 4, peer_port: 5, neighbours: [A] }\n  \
+                    C: { host: localhost, port: 7, peer_port: 8, neighbours: [A] }\n";
+        let exposed = |text: &str, me: &str| {
+            let herd =
+                crate::config::parse(text, Path::new("/h"), |_| None).unwrap_or_else(|e| panic!("{e}"));
+            let me = herd.server(me).unwrap_or_else(|| panic!("{me}"));
+            plain_exposure(&herd, me)
+        };
+        assert_eq!(exposed(base, "A"), ["B (10.1.2.3)"]);
+        assert_eq!(exposed(base, "B"), ["B (10.1.2.3)"], "its own peer port too");
+        assert!(
+            exposed(base, "C").is_empty(),
+            "localhost and 127.0.0.1 are loopback"
+        );
+        let tls = format!("{base}peer_tls: {{ ca: ca.pem, cert: '{{name}}.pem', key: '{{name}}.key' }}\n");
+        assert!(exposed(&tls, "A").is_empty(), "no warning under TLS");
+    }
 
     #[test]
     fn list_lines_keep_five_columns_then_admin_and_neighbours() {

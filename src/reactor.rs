@@ -30,7 +30,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::lines::{Fill, Line, LineReader, WriteQueue};
-use crate::links::{Command, Endpoint, Links, NeighbourId};
+use crate::links::{CONNECT_TIMEOUT, Command, Endpoint, Links, NeighbourId};
 use crate::logging::Shown;
 use crate::places::Pool;
 use crate::protocol;
@@ -39,6 +39,7 @@ use crate::session::{Session, Shared};
 use crate::slab::{ConnId, Slab};
 use crate::table::Table;
 use crate::timer::Throttle;
+use crate::tls::{TlsSetup, Transport};
 
 // Fixed tokens live at the top of the token space; connection slots use 0.. .
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -86,6 +87,8 @@ pub struct Settings {
     pub max_connections: usize,
     /// An inbound neighbour link silent this long is closed (`peers.dead_after_ms`).
     pub dead_after: Duration,
+    /// `peer_tls`: every peer connection, made or accepted, is mutual TLS (SPEC §6).
+    pub tls: Option<TlsSetup>,
 }
 
 pub struct Reactor {
@@ -108,6 +111,11 @@ pub struct Reactor {
     resolver: Resolver,
     /// `peers.dead_after`: the dialler's TCP user timeout.
     dead_after: Duration,
+    tls: Option<TlsSetup>,
+    /// Accepted TLS peer connections and when each must have said an accepted HELLO, in
+    /// accept order (every deadline is the same span after its accept, so the front is
+    /// always the earliest).
+    handshakes: VecDeque<(Instant, ConnId)>,
 }
 
 /// Keeps descriptor exhaustion from feeding on itself (SPEC §7): one retry at most,
@@ -155,6 +163,11 @@ struct Conn {
     hup: bool,
     output: WriteQueue,
     session: Session,
+    /// Plain TCP, or TLS between the socket and the line framing. A dial gets its TLS once
+    /// the TCP connect is done, so a `Plain` dial under `peer_tls` is still connecting.
+    transport: Transport,
+    /// When the TLS handshake started, for the log.
+    tls_since: Option<Instant>,
     // The reactor's bookkeeping: each queue holds a connection at most once.
     in_ready: bool,
     in_dirty: bool,
@@ -163,7 +176,10 @@ struct Conn {
 
 impl Conn {
     fn finished(&self) -> bool {
-        self.state == Input::Done && self.session.is_idle() && self.output.is_empty()
+        self.state == Input::Done
+            && self.session.is_idle()
+            && self.output.is_empty()
+            && !self.transport.wants_write()
     }
 }
 
@@ -258,6 +274,8 @@ impl Reactor {
             },
             resolver,
             dead_after: settings.dead_after,
+            tls: settings.tls,
+            handshakes: VecDeque::new(),
         })
     }
 
@@ -299,6 +317,7 @@ impl Reactor {
                 self.accept(LISTENER, now);
                 self.accept(PEER_LISTENER, now);
             }
+            self.expire_handshakes(now);
             self.sh.links.expire(now);
             self.run_commands(now);
             self.serve_ready(now);
@@ -321,7 +340,8 @@ impl Reactor {
             return Duration::ZERO;
         }
         let mut timeout = MAX_POLL_WAIT;
-        for at in [self.sh.links.next_deadline(), self.accept.retry_at]
+        let handshake = self.handshakes.front().map(|(at, _)| *at);
+        for at in [self.sh.links.next_deadline(), self.accept.retry_at, handshake]
             .into_iter()
             .flatten()
         {
@@ -417,6 +437,9 @@ impl Reactor {
                         _ => (Role::PeerIn, self.max_line + PEER_LINE_SLACK),
                     };
                     if let Some(id) = self.add_conn(stream, addr, role, max_line, Interest::READABLE) {
+                        if role == Role::PeerIn {
+                            self.accept_tls(id, now);
+                        }
                         // Data may have come with the connection; readiness already fired.
                         self.schedule(id);
                     }
@@ -491,6 +514,8 @@ impl Reactor {
             hup: false,
             output: WriteQueue::default(),
             session: Session::new(addr.to_string().into()),
+            transport: Transport::Plain,
+            tls_since: None,
             in_ready: false,
             in_dirty: false,
             writable_interest: interest.is_writable(),
@@ -541,7 +566,108 @@ impl Reactor {
         };
         match failed {
             Some(e) => self.close_failed(id, &e, now),
+            None if self.tls.is_some() => self.dial_tls(id, now),
             None => self.sh.links.connected(id, &self.sh.table, now),
+        }
+    }
+
+    /// Under `peer_tls`, an accepted peer connection is TLS from its first byte, and must
+    /// finish its handshake and say an accepted HELLO within the connect timeout.
+    fn accept_tls(&mut self, id: ConnId, now: Instant) {
+        let Some(tls) = &self.tls else {
+            return;
+        };
+        match tls.accept() {
+            Ok(t) => {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.transport = Transport::Tls(Box::new(t));
+                    conn.tls_since = Some(now);
+                }
+                self.handshakes.push_back((now + CONNECT_TIMEOUT, id));
+            }
+            Err(e) => self.close(id, &e.to_string(), now),
+        }
+    }
+
+    /// The TCP connect of a dial is done: the TLS handshake starts, and the link stays
+    /// connecting (under the links' connect timeout) until it is done and the neighbour's
+    /// certificate named it. Nothing, not even our HELLO, goes out before.
+    fn dial_tls(&mut self, id: ConnId, now: Instant) {
+        let (Some(tls), Some(n)) = (&self.tls, self.sh.links.dialling(id)) else {
+            return;
+        };
+        match tls.dial(self.sh.links.name(n)) {
+            Ok(t) => {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.transport = Transport::Tls(Box::new(t));
+                    conn.tls_since = Some(now);
+                    debug!(
+                        "link to {} ({}): connected, TLS handshake",
+                        self.sh.links.name(n),
+                        conn.addr
+                    );
+                }
+                // The ClientHello.
+                self.mark_dirty(id);
+            }
+            Err(e) => self.close(id, &e.to_string(), now),
+        }
+    }
+
+    /// After a turn: a dial whose TLS handshake just finished is a link that is up, and
+    /// its HELLO and table go out now.
+    fn tls_established(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return;
+        };
+        if conn.transport.is_handshaking() {
+            return;
+        }
+        let Some(since) = conn.tls_since.take() else {
+            return;
+        };
+        let took = now.saturating_duration_since(since);
+        match conn.role {
+            Role::PeerOut => {
+                if let Some(n) = self.sh.links.dialling(id) {
+                    debug!(
+                        "link to {} ({}): TLS handshake done in {} us",
+                        self.sh.links.name(n),
+                        conn.addr,
+                        took.as_micros()
+                    );
+                    self.sh.links.connected(id, &self.sh.table, now);
+                }
+            }
+            _ => debug!(
+                "{} (peer port): TLS handshake done in {} us",
+                conn.addr,
+                took.as_micros()
+            ),
+        }
+    }
+
+    /// Closes every accepted TLS peer connection that has not had a HELLO accepted within
+    /// the connect timeout: a stalled or silent handshake holds nothing for long.
+    fn expire_handshakes(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.handshakes.front() {
+            if at > now {
+                return;
+            }
+            self.handshakes.pop_front();
+            let Some(conn) = self.conns.get(id) else {
+                continue;
+            };
+            if conn.state == Input::Done || self.sh.links.inbound_from(id).is_some() {
+                continue;
+            }
+            let why = if conn.transport.is_handshaking() {
+                "TLS handshake not done"
+            } else {
+                "no HELLO"
+            };
+            let why = format!("{why} within {} ms", CONNECT_TIMEOUT.as_millis());
+            self.close(id, &why, now);
         }
     }
 
@@ -553,7 +679,8 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.role == Role::PeerOut && self.sh.links.dialling(id).is_some() {
+        let tcp_connecting = matches!(conn.transport, Transport::Plain);
+        if conn.role == Role::PeerOut && tcp_connecting && self.sh.links.dialling(id).is_some() {
             self.connect_done(id, now);
             return;
         }
@@ -599,12 +726,19 @@ impl Reactor {
             conn.in_ready = false;
             match serve(&mut self.sh, conn, id, &mut self.read_buf) {
                 Ok(turn) => {
-                    if turn.wrote {
+                    // TLS may owe the socket a handshake flight the read called for.
+                    if turn.wrote || conn.transport.wants_write() {
                         self.mark_dirty(id);
                     }
                     if turn.more {
                         self.schedule(id);
                     }
+                    self.tls_established(id, now);
+                }
+                Err(e) if conn.transport.is_handshaking() => {
+                    // The alert tells the other side why; one try, then close.
+                    let _ = conn.transport.write_to(&mut conn.stream);
+                    self.close(id, &format!("TLS handshake failed: {e}"), now);
                 }
                 Err(e) => self.close_failed(id, &e, now),
             }
@@ -790,6 +924,7 @@ fn serve(sh: &mut Shared, conn: &mut Conn, id: ConnId, read_buf: &mut [u8]) -> i
                 sh,
                 id,
                 conn.role,
+                &conn.transport,
                 &mut conn.session,
                 &mut conn.output,
                 &mut conn.state,
@@ -805,6 +940,7 @@ fn serve(sh: &mut Shared, conn: &mut Conn, id: ConnId, read_buf: &mut [u8]) -> i
                     sh,
                     id,
                     conn.role,
+                    &conn.transport,
                     &mut conn.session,
                     &mut conn.output,
                     &mut conn.state,
@@ -819,7 +955,8 @@ fn serve(sh: &mut Shared, conn: &mut Conn, id: ConnId, read_buf: &mut [u8]) -> i
         if !unread {
             return Ok(turn);
         }
-        match conn.input.fill(&mut conn.stream, read_buf, conn.hup)? {
+        let mut src = conn.transport.io(&mut conn.stream);
+        match conn.input.fill(&mut src, read_buf, conn.hup)? {
             Fill::WouldBlock => conn.state = Input::Open { unread: false },
             Fill::Eof => conn.state = Input::Eof,
             Fill::Full => {}
@@ -827,10 +964,12 @@ fn serve(sh: &mut Shared, conn: &mut Conn, id: ConnId, read_buf: &mut [u8]) -> i
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn on_line(
     sh: &mut Shared,
     id: ConnId,
     role: Role,
+    transport: &Transport,
     session: &mut Session,
     output: &mut WriteQueue,
     state: &mut Input,
@@ -844,7 +983,7 @@ fn on_line(
                 sh.links
                     .record(n, line, &mut sh.table, &sh.servers, &mut sh.scratch)
             }
-            None => hello_line(sh, id, session, output, state, line),
+            None => hello_line(sh, id, transport, session, output, state, line),
         },
         Role::PeerOut => sh.links.heard_on_outbound(id, line),
     }
@@ -855,20 +994,36 @@ fn on_line(
 fn hello_line(
     sh: &mut Shared,
     id: ConnId,
+    transport: &Transport,
     session: &Session,
     output: &mut WriteQueue,
     state: &mut Input,
     line: Line<'_>,
 ) {
-    let neighbour = match line {
-        Line::Complete(l) => protocol::parse_hello(l).and_then(|name| sh.links.hello(id, name, sh.now)),
+    let name = match line {
+        Line::Complete(l) => protocol::parse_hello(l),
         Line::Overlong(_) => None,
     };
+    // SPEC §6: under TLS the HELLO must name the server of the client certificate; a
+    // valid certificate of one server must not speak for another. Checked before the
+    // links hear of it, so a refused HELLO displaces no link.
+    let cert_ok = name.is_none_or(|n| std::str::from_utf8(n).is_ok_and(|n| transport.peer_name_ok(n)));
+    let neighbour = name
+        .filter(|_| cert_ok)
+        .and_then(|name| sh.links.hello(id, name, sh.now));
     match neighbour {
         Some(n) => info!("link from {} ({}): up (HELLO)", sh.links.name(n), session.peer),
         None => {
             let (Line::Complete(l) | Line::Overlong(l)) = line;
-            info!("{} (peer port) refused: {}", session.peer, Shown(l));
+            if cert_ok {
+                info!("{} (peer port) refused: {}", session.peer, Shown(l));
+            } else {
+                warn!(
+                    "{} (peer port) refused: its TLS certificate does not name the server of {}",
+                    session.peer,
+                    Shown(l)
+                );
+            }
             let mut reply = Vec::with_capacity(l.len() + 3);
             protocol::write_invalid(l, &mut reply);
             output.append(reply);
@@ -879,8 +1034,10 @@ fn hello_line(
 
 /// Writes what the socket takes; asks for WRITABLE only while output is left over.
 fn flush(conn: &mut Conn, id: ConnId, registry: &mio::Registry) -> io::Result<()> {
-    let drained = conn.output.flush(&mut conn.stream)?;
-    let want_writable = !drained;
+    let drained = conn.output.flush(&mut conn.transport.io(&mut conn.stream))?;
+    // Encrypted records (or a handshake flight) rustls still holds for the socket.
+    let tls_drained = conn.transport.write_to(&mut conn.stream)?;
+    let want_writable = !drained || !tls_drained;
     if want_writable != conn.writable_interest {
         let interest = if want_writable {
             Interest::READABLE | Interest::WRITABLE

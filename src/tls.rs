@@ -196,6 +196,9 @@ fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
 }
 
 /// Why `TlsConn::read_from` stopped (the same three reasons as `lines::Fill`).
+// `read_from` is the whole-buffer read for tests and tools; the reactor reads through
+// `Transport::io`.
+#[allow(dead_code)]
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum ReadResult {
     WouldBlock,
@@ -224,6 +227,7 @@ impl TlsConn {
     ///
     /// A TLS error (a bad certificate, plaintext where TLS was due) is `InvalidData` with
     /// rustls' reason; the alert for the peer is then queued: `write_to` once, then close.
+    #[allow(dead_code)]
     pub fn read_from<S: Read + Write>(
         &mut self,
         sock: &mut S,
@@ -326,6 +330,7 @@ impl TlsConn {
     }
 
     /// Queues a close_notify, for a clean close after the last `write_to`.
+    #[allow(dead_code)]
     pub fn close_notify(&mut self) {
         self.conn.send_close_notify();
     }

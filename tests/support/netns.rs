@@ -59,6 +59,8 @@ pub struct Options {
     /// that do not know the key yet (their config would refuse it).
     pub dead_after_ms: Option<u32>,
     pub log_level: &'static str,
+    /// `peer_tls` (SPEC §6), with certificates made by `herd certs` beside herd.yml.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
         Options {
             dead_after_ms: None,
             log_level: "debug",
+            tls: false,
         }
     }
 }
@@ -401,7 +404,23 @@ impl Bed {
         {
             yaml += &format!("peers: {{ dead_after_ms: {ms} }}\n");
         }
+        if options.tls {
+            yaml += "peer_tls: { ca: certs/ca.pem, cert: 'certs/{name}.pem', key: 'certs/{name}.key' }\n";
+        }
         std::fs::write(&self.config, yaml).expect("write herd.yml");
+        if options.tls {
+            let out = Command::new(BIN)
+                .arg("certs")
+                .arg("--config")
+                .arg(&self.config)
+                .output()
+                .expect("run herd certs");
+            assert!(
+                out.status.success(),
+                "herd certs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     pub fn host(&self, name: &str) -> &Host {

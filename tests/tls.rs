@@ -372,3 +372,58 @@ fn a_squatter_on_a_down_neighbours_port_receives_no_record() {
         "A thought the squatter was B:\n{log}"
     );
 }
+
+/// The positive control for the intruders above: the test, holding B's own certificate,
+/// is a neighbour like any other. Dialling A it is heard (a record it sends is stored);
+/// dialled by A (B's port, B's certificate) it gets HELLO, the table and heartbeats, all
+/// inside TLS; gone silent, A closes its link after dead_after.
+#[test]
+fn the_test_with_b_s_certificate_is_a_neighbour_inside_tls() {
+    let mut h = Herd::new(
+        &[("A", &["B"]), ("B", &["A"])],
+        &format!("{PEER_TLS}peers: {{ dead_after_ms: 1000 }}\n"),
+    );
+    certs(&h, None);
+    let listener = TcpListener::bind(("127.0.0.1", h.spec("B").peer_port)).expect("B's port");
+    h.start("A");
+    let known = iamat(&h, "A", "known", "1700000000");
+
+    // A dials B: the handshake first, then HELLO A and A's table, then heartbeats.
+    listener.set_nonblocking(true).expect("nonblocking");
+    let tcp = eventually(DEADLINE, || listener.accept().ok().map(|(s, _)| s)).expect("A dialled B");
+    tcp.set_nonblocking(false).expect("blocking");
+    tcp.set_read_timeout(Some(Duration::from_millis(2500)))
+        .expect("timeout");
+    let mut from_a = StreamOwned::new(
+        ServerConnection::new(squatter_config(&cert_dir(&h), "B")).expect("server"),
+        tcp,
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let want = format!("HELLO A\n{known}\n");
+    while !got.ends_with(b"\n\n") {
+        match from_a.read(&mut buf) {
+            Ok(0) => panic!("A closed: {:?}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e}; got {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&got).starts_with(&want),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // B dials A: its record is stored; then silence closes the link.
+    let cfg = client_config(&cert_dir(&h).join("ca.pem"), &cert_dir(&h), "B");
+    let mut to_a = tls_connect(h.spec("A").peer_port, "A", cfg);
+    let line = format!("AT B +0.000000001 fromb {LOC} 1700000001\n");
+    to_a.write_all(format!("HELLO B\n{line}").as_bytes())
+        .expect("write");
+    let stored = eventually(DEADLINE, || record_at(&h, "A", "fromb"));
+    assert_eq!(stored.as_deref(), Some(line.as_str()));
+    let (rest, end) = drain(&mut to_a, DEADLINE);
+    assert!(rest.is_empty(), "A said {:?}", String::from_utf8_lossy(&rest));
+    assert_ne!(end, "still open", "A kept a silent link");
+    logged(&h, "A", "link from B: dropped: silent for 1000 ms");
+}

@@ -253,6 +253,9 @@ impl TlsConn {
     /// the socket closed without one (a killed neighbour; what it sent before still counts).
     fn read_plain<S: Read + Write>(&mut self, sock: &mut S, buf: &mut [u8]) -> io::Result<usize> {
         let mut filled = 0;
+        // The socket gave rustls less than it asked for: it is drained, and one more read
+        // would only return `WouldBlock` (a `recvfrom` per event saved, as on plain TCP).
+        let mut drained = false;
         while filled < buf.len() {
             match self.conn.reader().read(&mut buf[filled..]) {
                 // A close_notify: nothing more will come.
@@ -268,9 +271,20 @@ impl TlsConn {
             if self.eof {
                 return Ok(filled);
             }
-            match self.conn.read_tls(sock) {
+            if drained {
+                return match filled {
+                    0 => Err(ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                };
+            }
+            let mut probe = ShortRead {
+                sock: &mut *sock,
+                short: false,
+            };
+            match self.conn.read_tls(&mut probe) {
                 Ok(0) => self.eof = true,
                 Ok(_) => {
+                    drained = probe.short;
                     self.conn
                         .process_new_packets()
                         .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
@@ -333,6 +347,20 @@ impl TlsConn {
     #[allow(dead_code)]
     pub fn close_notify(&mut self) {
         self.conn.send_close_notify();
+    }
+}
+
+/// A socket that notes whether its last read returned less than asked.
+struct ShortRead<'a, S> {
+    sock: &'a mut S,
+    short: bool,
+}
+
+impl<S: Read> Read for ShortRead<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.sock.read(buf)?;
+        self.short = n < buf.len();
+        Ok(n)
     }
 }
 

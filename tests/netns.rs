@@ -202,8 +202,8 @@ fn healed_partition_catches_up_within_a_second() {
 
 /// SPEC §6 over the bridge: five hosts whose every peer link is mutual TLS link up,
 /// flood, and catch up after a silent partition heals. The heal's SPEC §5 bound (1 s) is
-/// asserted once part 5 is in (`HERD_NETNS_PART5=tls-heal`); until then only that the
-/// herd agrees again (TCP's retransmission backoff, not TLS, sets the pace today).
+/// asserted with `HERD_NETNS_PART5=tls-heal` (or `all`, as .ci/run sets it); without, only
+/// that the herd agrees again.
 #[test]
 #[ignore = "needs root and network namespaces: run with `cargo test --test netns -- --ignored --test-threads=1` (.ci/run does when root)"]
 fn tls_hosts_propagate_and_catch_up_after_a_healed_partition() {

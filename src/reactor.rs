@@ -1001,6 +1001,8 @@ fn hello_line(
     line: Line<'_>,
 ) {
     let name = match line {
+        // SPEC §5: blank lines on a peer connection are ignored, before the HELLO too.
+        Line::Complete(l) if protocol::fields(l).next().is_none() => return,
         Line::Complete(l) => protocol::parse_hello(l),
         Line::Overlong(_) => None,
     };

@@ -751,6 +751,23 @@ fn the_peer_port_refuses_a_first_line_that_is_not_a_neighbours_hello() {
     assert_eq!(record_at(&h, "Bona", "sneaky"), None);
 }
 
+/// SPEC §5: blank lines on a peer connection are ignored, so a heartbeat that goes out
+/// before the HELLO (or a peer that sends one first) does not get the link refused.
+#[test]
+fn blank_lines_before_the_hello_are_ignored() {
+    let mut h = Herd::default_five("");
+    h.start("Bona");
+    let mut p = peer(&h, "Bona");
+    p.send("\n \r\n\t\nHELLO Bailey\nAT Bailey +0.000000001 early +1+1 1700000000\n");
+    converge(
+        &h,
+        &["Bona"],
+        &[rec("early", "AT Bailey +0.000000001 early +1+1 1700000000\n")],
+        DEADLINE,
+    );
+    assert!(p.silent_for(Duration::from_millis(200)), "Bona answered or closed");
+}
+
 #[test]
 fn a_second_hello_from_the_same_neighbour_replaces_the_older_connection() {
     let mut h = Herd::default_five("");

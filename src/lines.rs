@@ -107,6 +107,17 @@ impl LineReader {
         }
     }
 
+    /// Everything was processed: empty the buffer without moving bytes, and give a large
+    /// one back (a burst must not leave an idle connection holding its high-water mark).
+    fn release(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+        self.scanned = 0;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+    }
+
     /// The next complete message, if the buffer holds one.
     pub fn next_line(&mut self) -> Option<Line<'_>> {
         loop {
@@ -115,6 +126,10 @@ impl LineReader {
                 .position(|&b| b == b'\n')
                 .map(|i| self.scanned + i);
             let Some(nl) = newline else {
+                if self.start == self.buf.len() {
+                    self.release();
+                    return None;
+                }
                 self.scanned = self.buf.len();
                 return self.without_newline();
             };
@@ -417,6 +432,20 @@ mod tests {
         }
         fill(&mut r, &mut src(&[b"\nIAMAT\n"], false));
         assert_eq!(drain(&mut r), vec!["IAMAT"]);
+    }
+
+    #[test]
+    fn a_drained_reader_gives_back_a_large_buffer_at_once() {
+        let mut r = LineReader::new(8192);
+        let burst = b"IAMAT x +1+1 5\n".repeat(1000);
+        fill(&mut r, &mut src(&[&burst], false));
+        assert!(r.buf.capacity() > KEEP_CAPACITY);
+        while r.next_line().is_some() {}
+        assert_eq!((r.buf.capacity(), r.buffered()), (0, 0));
+        // A small buffer is kept for the next line.
+        fill(&mut r, &mut src(&[b"a\n"], false));
+        while r.next_line().is_some() {}
+        assert!(r.buf.capacity() > 0 && r.buf.capacity() <= KEEP_CAPACITY);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::lines::Line;
 use crate::logging::Shown;
 use crate::protocol;
 use crate::slab::ConnId;
-use crate::table::{Cursor, Table};
+use crate::table::{Cursor, Offer, Table};
 use crate::timer::{Backoff, Jitter, TimerId, TimerWheel};
 
 /// First retry after a link is lost; doubles up to `RETRY_CAP`.
@@ -597,9 +597,23 @@ impl Links {
         };
         scratch.clear();
         let loc = rec.write_canonical(scratch);
-        if !table.offer(rec.client, rec.time, scratch, loc) {
-            info!("record from {name} (not newer, dropped): {}", Shown(scratch));
-            return;
+        match table.offer_at(table.clock(), rec.client, rec.time, scratch, loc) {
+            Offer::Won => {}
+            Offer::Lost => return info!("record from {name} (not newer, dropped): {}", Shown(scratch)),
+            Offer::TooFuture => {
+                return warn!(
+                    "record from {name} (further ahead than limits.max_future_s, dropped): {}",
+                    Shown(scratch)
+                );
+            }
+            Offer::Expired => {
+                return info!(
+                    "record from {name} (older than table.ttl_s, dropped): {}",
+                    Shown(scratch)
+                );
+            }
+            // Counted by the table; the reactor reports it at most once a second.
+            Offer::Full => return,
         }
         let to = self.flood(scratch, Some(from));
         info!(

@@ -133,7 +133,15 @@ fn run(args: cli::Args) -> Result<(), String> {
         max_connections: herd.limits.max_connections.unwrap_or(0),
         dead_after: herd.peers.dead_after,
         tls,
+        idle_timeout: herd.limits.idle_timeout,
+        send_timeout: herd.limits.send_timeout,
+        table_rules: table::Rules {
+            max_future: herd.limits.max_future,
+            max_clients: herd.limits.max_clients.unwrap_or(0),
+            ttl: herd.table.ttl,
+        },
     };
+    reactor::tune_allocator();
     let reactor = reactor::Reactor::bind(settings, &herd.places, key).map_err(|e| e.to_string())?;
     let log_path = logging::init(&herd.log.dir, &me.name, herd.log.level, herd.log.rotation)?;
     log::info!(

@@ -6,7 +6,7 @@
 //! deterministic and testable byte for byte.
 
 use std::ops::Range;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// SPEC §2: "at most 12 integer digits" in a client time.
@@ -138,7 +138,7 @@ fn fast_f64(text: &[u8]) -> Option<f64> {
 }
 
 /// POSIX time, truncated to nanoseconds. Ord = chronological.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp {
     // Field order matters: the derived Ord compares seconds first.
     secs: u64,
@@ -184,6 +184,45 @@ impl Timestamp {
                 nanos: d.subsec_nanos(),
             })
             .unwrap_or(Timestamp { secs: 0, nanos: 0 })
+    }
+
+    /// `self + d`, saturating: a limit of ten years never wraps a clock reading.
+    pub fn saturating_add(self, d: Duration) -> Timestamp {
+        let nanos = self.nanos + d.subsec_nanos();
+        let carry = u64::from(nanos >= NANOS_PER_SEC as u32);
+        match self
+            .secs
+            .checked_add(d.as_secs())
+            .and_then(|s| s.checked_add(carry))
+        {
+            Some(secs) => Timestamp {
+                secs,
+                nanos: nanos % NANOS_PER_SEC as u32,
+            },
+            None => Timestamp {
+                secs: u64::MAX,
+                nanos: NANOS_PER_SEC as u32 - 1,
+            },
+        }
+    }
+
+    /// `self - d`, or 0 (the epoch) if that would be before it.
+    pub fn saturating_sub(self, d: Duration) -> Timestamp {
+        let (mut secs, mut nanos) = (self.secs, self.nanos);
+        if nanos < d.subsec_nanos() {
+            let Some(s) = secs.checked_sub(1) else {
+                return Timestamp { secs: 0, nanos: 0 };
+            };
+            secs = s;
+            nanos += NANOS_PER_SEC as u32;
+        }
+        match secs.checked_sub(d.as_secs()) {
+            Some(secs) => Timestamp {
+                secs,
+                nanos: nanos - d.subsec_nanos(),
+            },
+            None => Timestamp { secs: 0, nanos: 0 },
+        }
     }
 
     #[cfg(test)]
@@ -1055,6 +1094,36 @@ mod tests {
             hello_empty(b"", None);
             hello_record(RECORD, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod timestamp_arithmetic_tests {
+    use super::Timestamp;
+    use std::time::Duration;
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse(s.as_bytes()).unwrap_or_else(|| panic!("bad time {s}"))
+    }
+
+    #[test]
+    fn adding_and_subtracting_carry_across_the_second() {
+        let d = Duration::new(1, 600_000_000);
+        assert_eq!(ts("10.5").saturating_add(d), ts("12.1"));
+        assert_eq!(ts("12.1").saturating_sub(d), ts("10.5"));
+        assert_eq!(
+            ts("10.000000001").saturating_sub(Duration::from_nanos(2)),
+            ts("9.999999999")
+        );
+    }
+
+    #[test]
+    fn arithmetic_saturates_at_the_epoch_and_at_the_end_of_time() {
+        assert_eq!(ts("5").saturating_sub(Duration::from_secs(6)), ts("0"));
+        assert_eq!(ts("0.5").saturating_sub(Duration::from_millis(600)), ts("0"));
+        let end = ts("1").saturating_add(Duration::new(u64::MAX, 999_999_999));
+        assert!(end > ts("999999999999.999999999"));
+        assert_eq!(end.saturating_add(Duration::from_secs(1)), end);
     }
 }
 

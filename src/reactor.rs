@@ -35,7 +35,7 @@ use crate::logging::Shown;
 use crate::places::Pool;
 use crate::protocol;
 use crate::resolver::Resolver;
-use crate::session::{Session, Shared};
+use crate::session::{OUT_HIGH, Session, Shared};
 use crate::slab::{ConnId, Slab};
 use crate::table::Table;
 use crate::timer::Throttle;
@@ -70,6 +70,15 @@ const PEER_LINE_SLACK: usize = 512;
 /// Table-sync chunks one loop pass may write to sockets that take them at once, before the
 /// loop goes round (serving clients) again.
 const SYNC_CHUNKS_PER_PASS: usize = 8;
+/// How often client timeouts are checked, the table-full count reported and freed memory
+/// handed back: one pass over the client connections (about 30 µs for 10,000), so a
+/// timeout fires at most this late.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+/// Closes since the last `malloc_trim` that make it worth another: a burst of closed
+/// connections leaves freed buffers that glibc would otherwise keep.
+const TRIM_AFTER_CLOSES: usize = 16;
+/// At most one `malloc_trim` this often: it walks the heap, a few ms when it is large.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 /// What this server is, for the reactor.
 pub struct Settings {
@@ -89,6 +98,12 @@ pub struct Settings {
     pub dead_after: Duration,
     /// `peer_tls`: every peer connection, made or accepted, is mutual TLS (SPEC §6).
     pub tls: Option<TlsSetup>,
+    /// A client that sent nothing this long with no reply pending is closed.
+    pub idle_timeout: Option<Duration>,
+    /// A client whose unsent output stayed over `session::OUT_HIGH` this long is closed.
+    pub send_timeout: Option<Duration>,
+    /// `max_future`, `max_clients` and `ttl` for the table.
+    pub table_rules: crate::table::Rules,
 }
 
 pub struct Reactor {
@@ -116,6 +131,21 @@ pub struct Reactor {
     /// accept order (every deadline is the same span after its accept, so the front is
     /// always the earliest).
     handshakes: VecDeque<(Instant, ConnId)>,
+    house: Housekeeping,
+}
+
+/// SPEC §7's periodic work: client timeouts, the table-full report, memory return.
+struct Housekeeping {
+    idle_timeout: Option<Duration>,
+    send_timeout: Option<Duration>,
+    due: Instant,
+    /// Clients to close this pass, with why (kept for its allocation).
+    expired: Vec<(ConnId, String)>,
+    /// `Table::full_refusals` as of the last report.
+    full_reported: u64,
+    full_reported_at: Option<Instant>,
+    closes: usize,
+    trimmed_at: Instant,
 }
 
 /// Keeps descriptor exhaustion from feeding on itself (SPEC §7): one retry at most,
@@ -161,6 +191,10 @@ struct Conn {
     paused: bool,
     /// The event said the peer closed or failed: read on until EOF or the error.
     hup: bool,
+    /// When input last arrived (for `idle_timeout`).
+    last_input: Instant,
+    /// Since when unsent output has been over `session::OUT_HIGH` (for `send_timeout`).
+    over_since: Option<Instant>,
     output: WriteQueue,
     session: Session,
     /// Plain TCP, or TLS between the socket and the line framing. A dial gets its TLS once
@@ -216,8 +250,11 @@ impl Reactor {
         let poll = Poll::new().map_err(|e| StartError::Io("cannot create poll", e))?;
         // Before listening: once the port accepts, a supervisor may already signal us, and
         // the default action would kill the process instead of a clean exit 0.
+        // SIGHUP reopens the log; the others an operator may send by mistake are only
+        // logged (SPEC §7). SIGPIPE is ignored by the Rust runtime already.
+        use signal_hook::consts::{SIGALRM, SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
         let mut signals =
-            signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+            signal_hook_mio::v1_0::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGALRM])
                 .map_err(|e| StartError::Io("cannot watch signals", e))?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
@@ -253,7 +290,7 @@ impl Reactor {
             sh: Shared {
                 name: settings.name,
                 servers: settings.servers,
-                table: Table::default(),
+                table: Table::with_rules(settings.table_rules),
                 links,
                 pool,
                 scratch: Vec::new(),
@@ -276,6 +313,16 @@ impl Reactor {
             dead_after: settings.dead_after,
             tls: settings.tls,
             handshakes: VecDeque::new(),
+            house: Housekeeping {
+                idle_timeout: settings.idle_timeout,
+                send_timeout: settings.send_timeout,
+                due: now,
+                expired: Vec::new(),
+                full_reported: 0,
+                full_reported_at: None,
+                closes: 0,
+                trimmed_at: now,
+            },
         })
     }
 
@@ -293,6 +340,11 @@ impl Reactor {
             }
             now = Instant::now();
             self.sh.now = now;
+            // One wall-clock reading per pass for the table's rules (a vDSO call, no
+            // syscall); an IAMAT still reads its own for its diff.
+            self.sh
+                .table
+                .tick(protocol::Timestamp::from_system_time(SystemTime::now()));
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(LISTENER, now),
@@ -322,6 +374,9 @@ impl Reactor {
             self.run_commands(now);
             self.serve_ready(now);
             self.flush_dirty(now);
+            if now >= self.house.due {
+                self.housekeeping(now);
+            }
             if now >= self.log_flushed_at + LOG_FLUSH_EVERY {
                 crate::logging::flush();
                 self.log_flushed_at = now;
@@ -341,9 +396,16 @@ impl Reactor {
         }
         let mut timeout = MAX_POLL_WAIT;
         let handshake = self.handshakes.front().map(|(at, _)| *at);
-        for at in [self.sh.links.next_deadline(), self.accept.retry_at, handshake]
-            .into_iter()
-            .flatten()
+        let house = (self.house.idle_timeout.is_some() || self.house.send_timeout.is_some())
+            .then_some(self.house.due);
+        for at in [
+            self.sh.links.next_deadline(),
+            self.accept.retry_at,
+            handshake,
+            house,
+        ]
+        .into_iter()
+        .flatten()
         {
             timeout = timeout.min(at.saturating_duration_since(now));
         }
@@ -354,13 +416,95 @@ impl Reactor {
         timeout
     }
 
+    /// Handles the signals that arrived; true if one of them asks to shut down.
     fn signalled(&mut self) -> bool {
-        let mut any = false;
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut stop = false;
         for sig in self.signals.pending() {
-            info!("signal {sig} received, shutting down");
-            any = true;
+            match sig {
+                SIGTERM | SIGINT => {
+                    info!("signal {sig} received, shutting down");
+                    stop = true;
+                }
+                SIGHUP => {
+                    info!("signal {sig} (SIGHUP) received: reopening the log");
+                    crate::logging::reopen();
+                    info!("log reopened after SIGHUP");
+                }
+                _ => info!("signal {sig} received and ignored (SIGHUP reopens the log, SIGTERM stops)"),
+            }
         }
-        any
+        stop
+    }
+
+    /// SPEC §7's periodic work; runs every `HOUSEKEEPING_EVERY`.
+    fn housekeeping(&mut self, now: Instant) {
+        self.house.due = now + HOUSEKEEPING_EVERY;
+        self.expire_clients(now);
+        let refused = self.sh.table.full_refusals();
+        let quiet = self
+            .house
+            .full_reported_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= WARN_EVERY);
+        if refused > self.house.full_reported && quiet {
+            warn!(
+                "table full ({} clients, limits.max_clients): {} new clients refused since the last report",
+                self.sh.table.max_clients(),
+                refused - self.house.full_reported
+            );
+            self.house.full_reported = refused;
+            self.house.full_reported_at = Some(now);
+        }
+        if self.house.closes >= TRIM_AFTER_CLOSES && now >= self.house.trimmed_at + TRIM_EVERY {
+            self.house.closes = 0;
+            self.house.trimmed_at = now;
+            release_memory();
+        }
+    }
+
+    /// Closes the clients that were idle for `idle_timeout` or had output over the
+    /// backpressure bound for `send_timeout` (SPEC §7).
+    fn expire_clients(&mut self, now: Instant) {
+        let (idle, send) = (self.house.idle_timeout, self.house.send_timeout);
+        if idle.is_none() && send.is_none() {
+            return;
+        }
+        let mut expired = std::mem::take(&mut self.house.expired);
+        for id in self.conns.ids() {
+            let Some(c) = self.conns.get(id) else {
+                continue;
+            };
+            if c.role != Role::Client {
+                continue;
+            }
+            if let Some(idle) = idle
+                && now.saturating_duration_since(c.last_input) >= idle
+                && !c.in_ready
+                && c.session.is_idle()
+                && c.output.is_empty()
+            {
+                expired.push((
+                    id,
+                    format!("idle for {} s (limits.idle_timeout_s)", idle.as_secs()),
+                ));
+            } else if let Some(send) = send
+                && c.over_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= send)
+            {
+                expired.push((
+                    id,
+                    format!(
+                        "not reading: {} bytes unsent for {} s (limits.send_timeout_s)",
+                        c.output.len(),
+                        send.as_secs()
+                    ),
+                ));
+            }
+        }
+        for (id, why) in expired.drain(..) {
+            self.close(id, &why, now);
+        }
+        self.house.expired = expired;
     }
 
     /// SPEC §1: stop listening and drop every link at once, so a replacement can bind and
@@ -512,6 +656,8 @@ impl Reactor {
             state: Input::Open { unread: true },
             paused: false,
             hup: false,
+            last_input: self.sh.now,
+            over_since: None,
             output: WriteQueue::default(),
             session: Session::new(addr.to_string().into()),
             transport: Transport::Plain,
@@ -779,6 +925,12 @@ impl Reactor {
                 self.close_failed(id, &e, now);
                 continue;
             }
+            // Output only shrinks here, so this sees every time it drops under the bound.
+            if conn.output.len() < OUT_HIGH {
+                conn.over_since = None;
+            } else if conn.role == Role::Client {
+                conn.over_since.get_or_insert(now);
+            }
             if conn.finished() {
                 self.close(id, "finished", now);
             } else if conn.paused && !conn.session.backpressured(&conn.output) {
@@ -831,6 +983,8 @@ impl Reactor {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let addr = conn.addr;
+        // Its buffers are freed as `conn` drops here; housekeeping hands them back.
+        self.house.closes += 1;
         match conn.role {
             Role::Client => {
                 self.accept.clients -= 1;
@@ -878,6 +1032,29 @@ fn setsockopt(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: lib
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Tunes glibc's allocator at start-up so memory freed after a burst can go back to the
+/// OS: a fixed mmap threshold keeps big per-connection buffers (a backpressured client's
+/// 256 KiB of replies) in their own mappings, returned when freed, instead of letting
+/// glibc's adaptive threshold move them onto the heap after the first free.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before other threads
+    // allocate much, and any value is valid for M_MMAP_THRESHOLD up to 32 MiB.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+/// Returns freed heap pages to the OS (SPEC §7: RSS back near its baseline after a
+/// burst). glibc keeps freed memory in the middle of its heaps otherwise.
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes the allocator's own locks; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -955,8 +1132,13 @@ fn serve(sh: &mut Shared, conn: &mut Conn, id: ConnId, read_buf: &mut [u8]) -> i
         if !unread {
             return Ok(turn);
         }
+        let before = conn.input.buffered();
         let mut src = conn.transport.io(&mut conn.stream);
-        match conn.input.fill(&mut src, read_buf, conn.hup)? {
+        let filled = conn.input.fill(&mut src, read_buf, conn.hup)?;
+        if conn.input.buffered() > before {
+            conn.last_input = sh.now;
+        }
+        match filled {
             Fill::WouldBlock => conn.state = Input::Open { unread: false },
             Fill::Eof => conn.state = Input::Eof,
             Fill::Full => {}

@@ -18,7 +18,7 @@ use crate::logging::Shown;
 use crate::places::{self, Pool, Submit};
 use crate::protocol::{self, Location, Parsed, Request, Timestamp};
 use crate::slab::ConnId;
-use crate::table::Table;
+use crate::table::{Offer, Table};
 
 /// Stop serving a client's input while this much of its output is unsent (the client is
 /// not reading its replies); resume once it drains.
@@ -193,7 +193,12 @@ impl Session {
             Request::Iamat(req) => {
                 let now = Timestamp::from_system_time(SystemTime::now());
                 let location = protocol::write_at_line(&sh.name, now, &req, scratch);
-                let won = sh.table.offer(req.client, req.time, scratch, location);
+                // SPEC §7: judged by the same `now` as the reply's diff. A full table is
+                // counted there and reported by the reactor at most once a second.
+                let won = match sh.table.offer_at(now, req.client, req.time, scratch, location) {
+                    Offer::TooFuture | Offer::Full => return self.invalid(scratch, out, line),
+                    offer => offer == Offer::Won,
+                };
                 flood_and_log(&self.peer, line, &mut sh.links, won, scratch);
                 scratch.push(b'\n');
                 self.replies.push(out, scratch);

@@ -5,14 +5,53 @@
 //! only if its client time is later, or on equal time if its AT line is byte-wise greater.
 //! Every server applies the same total order, so all end with the same record, and a
 //! record that does not win is neither stored nor forwarded.
+//!
+//! SPEC §7's table rules live here too, judged by client time against the wall clock the
+//! caller passes in: a record too far in the future is refused, one older than the ttl is
+//! refused and forgotten (by client time, so every server forgets the same records without
+//! a message), and a full table takes no new client. Expiry uses a min-heap of (client
+//! time, client) pushed on every win; stale entries (the client has a newer record since)
+//! are skipped when they surface, and the heap is rebuilt when they outnumber the records.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
 use std::hash::{Hash, Hasher};
+use std::time::Duration;
 
 use std::ops::Range;
 
 use crate::protocol::Timestamp;
+
+/// Expired records forgotten per `tick` at most, so one pass after a long quiet spell (or a
+/// clock jump) cannot stall the reactor; the rest go on the next passes.
+pub const SWEEP_PER_TICK: usize = 4096;
+
+/// SPEC §7's rules for what the table takes. `None`/0 turns a rule off.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rules {
+    /// A record whose client time is further ahead of the clock than this is refused.
+    pub max_future: Option<Duration>,
+    /// The most clients held; 0 = no bound.
+    pub max_clients: usize,
+    /// A record whose client time is older than this is refused and forgotten.
+    pub ttl: Option<Duration>,
+}
+
+/// What became of an offered record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offer {
+    /// Stored: it is the client's record now.
+    Won,
+    /// Not newer than the record held: dropped.
+    Lost,
+    /// Its client time is more than `max_future` ahead of the clock.
+    TooFuture,
+    /// Its client time is more than `ttl` behind the clock.
+    Expired,
+    /// A new client, and the table already holds `max_clients`.
+    Full,
+}
 
 /// A stored record.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +86,15 @@ pub struct Table {
     records: HashMap<Key, Record>,
     /// Records ever added: with `len`, how many were ever removed, which a `Cursor` needs.
     inserted: u64,
+    rules: Rules,
+    /// The wall clock as of the last `tick`.
+    clock: Timestamp,
+    /// Records with a client time before this are expired (ttl on only).
+    cutoff: Option<Timestamp>,
+    /// (client time, client) of every win while the ttl is on, earliest on top.
+    expiry: BinaryHeap<Reverse<(Timestamp, Key)>>,
+    /// New clients refused because the table was full, since start.
+    full_refusals: u64,
 }
 
 /// Where a table sync has got to: a position in the map's iteration order, which stays put
@@ -115,23 +163,116 @@ impl PartialEq for Key {
 
 impl Eq for Key {}
 
+impl Ord for Key {
+    fn cmp(&self, other: &Key) -> Ordering {
+        self.as_slice().cmp(other.as_slice())
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Key) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl Table {
+    /// A table that applies `rules`; call `tick` before the first offer.
+    pub fn with_rules(rules: Rules) -> Table {
+        Table {
+            rules,
+            ..Table::default()
+        }
+    }
+
+    /// The client's record, unless it has expired.
     pub fn get(&self, client: &[u8]) -> Option<&Record> {
-        self.records.get(client)
+        self.records.get(client).filter(|r| self.live(r))
+    }
+
+    fn live(&self, r: &Record) -> bool {
+        self.cutoff.is_none_or(|cutoff| r.time >= cutoff)
+    }
+
+    /// Sets the wall clock the rules are judged by and forgets up to `SWEEP_PER_TICK`
+    /// expired records. Called once per loop pass.
+    pub fn tick(&mut self, now: Timestamp) {
+        self.clock = now;
+        let Some(ttl) = self.rules.ttl else {
+            return;
+        };
+        let cutoff = now.saturating_sub(ttl);
+        self.cutoff = Some(cutoff);
+        for _ in 0..SWEEP_PER_TICK {
+            match self.expiry.peek() {
+                Some(Reverse((time, _))) if *time < cutoff => {}
+                _ => return,
+            }
+            let Some(Reverse((time, key))) = self.expiry.pop() else {
+                return;
+            };
+            // Only if this entry is still the client's record: a newer one has its own.
+            if self.records.get(&key).is_some_and(|r| r.time == time) {
+                self.records.remove(&key);
+            }
+        }
+    }
+
+    /// The wall clock as of the last `tick`.
+    pub fn clock(&self) -> Timestamp {
+        self.clock
+    }
+
+    /// New clients refused because the table was full, since start.
+    pub fn full_refusals(&self) -> u64 {
+        self.full_refusals
+    }
+
+    pub fn max_clients(&self) -> usize {
+        self.rules.max_clients
     }
 
     pub fn len(&self) -> usize {
         self.records.len()
     }
 
-    /// Stores the record if it beats the one held for `client`; true if it was stored.
-    /// Allocates only for a winner, since most offers in a flood are duplicates.
-    /// `location` is where the location text sits in `line`.
+    /// `offer_at` by the clock of the last `tick`; true if the record was stored.
+    #[cfg_attr(not(test), allow(dead_code))] // for the snapshot restore, being wired
     pub fn offer(&mut self, client: &[u8], time: Timestamp, line: &[u8], location: Range<usize>) -> bool {
+        self.offer_at(self.clock, client, time, line, location) == Offer::Won
+    }
+
+    /// Stores the record if the rules allow it at wall time `now` and it beats the one held
+    /// for `client`. Allocates only for a winner, since most offers in a flood are
+    /// duplicates. `location` is where the location text sits in `line`.
+    pub fn offer_at(
+        &mut self,
+        now: Timestamp,
+        client: &[u8],
+        time: Timestamp,
+        line: &[u8],
+        location: Range<usize>,
+    ) -> Offer {
+        if self
+            .rules
+            .max_future
+            .is_some_and(|f| time > now.saturating_add(f))
+        {
+            return Offer::TooFuture;
+        }
+        if self.rules.ttl.is_some_and(|ttl| time < now.saturating_sub(ttl)) {
+            return Offer::Expired;
+        }
+        let full = self.rules.max_clients != 0 && self.records.len() >= self.rules.max_clients;
         match self.records.get_mut(client) {
+            // An expired record that the sweep has not reached yet loses to anything live.
+            Some(held) if self.cutoff.is_some_and(|c| held.time < c) => {
+                held.time = time;
+                held.location = narrow(location);
+                held.line = line.into();
+            }
             Some(held) => {
                 if (time, line) <= (held.time, &held.line[..]) {
-                    return false;
+                    return Offer::Lost;
                 }
                 held.time = time;
                 held.location = narrow(location);
@@ -141,6 +282,10 @@ impl Table {
                 } else {
                     held.line = line.into();
                 }
+            }
+            None if full => {
+                self.full_refusals += 1;
+                return Offer::Full;
             }
             None => {
                 let record = Record {
@@ -152,13 +297,30 @@ impl Table {
                 self.inserted += 1;
             }
         }
-        true
+        if self.rules.ttl.is_some() {
+            self.remember_expiry(client, time);
+        }
+        Offer::Won
     }
 
-    /// Every stored record.
+    /// Indexes a win for expiry; rebuilds the index from the records once stale entries
+    /// (superseded wins) make up more than half of it, so it stays O(clients).
+    fn remember_expiry(&mut self, client: &[u8], time: Timestamp) {
+        self.expiry.push(Reverse((time, Key::new(client))));
+        if self.expiry.len() > 2 * self.records.len() + 1024 {
+            let entries: Vec<_> = self
+                .records
+                .iter()
+                .map(|(k, r)| Reverse((r.time, k.clone())))
+                .collect();
+            self.expiry = BinaryHeap::from(entries);
+        }
+    }
+
+    /// Every live record: an expired one is neither synced nor saved (SPEC §7).
     #[allow(dead_code)] // the state snapshots take it, being wired alongside
     pub fn records(&self) -> impl Iterator<Item = &Record> {
-        self.records.values()
+        self.records.values().filter(|r| self.live(r))
     }
 
     fn removed(&self) -> u64 {
@@ -188,6 +350,10 @@ impl Table {
         }
         for record in self.records.values().skip(cursor.pos) {
             cursor.pos += 1;
+            // SPEC §7: an expired record is not synced.
+            if !self.live(record) {
+                continue;
+            }
             if !each(record) {
                 return cursor.pos >= self.records.len();
             }
@@ -297,6 +463,108 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(t.records().count(), 2);
         assert!(t.get(b"c").is_none());
+    }
+
+    fn ruled(max_future: u64, max_clients: usize, ttl: u64) -> Table {
+        let secs = |s| (s > 0).then(|| Duration::from_secs(s));
+        let mut t = Table::with_rules(Rules {
+            max_future: secs(max_future),
+            max_clients,
+            ttl: secs(ttl),
+        });
+        t.tick(ts("1000"));
+        t
+    }
+
+    fn offer_as(t: &mut Table, client: &str, time: &str) -> Offer {
+        let line = format!("AT A +0.1 {client} +1+2 {time}");
+        let now = t.clock;
+        t.offer_at(
+            now,
+            client.as_bytes(),
+            ts(time),
+            line.as_bytes(),
+            loc(line.as_bytes()),
+        )
+    }
+
+    #[test]
+    fn a_record_too_far_ahead_of_the_clock_is_refused() {
+        let mut t = ruled(100, 0, 0);
+        assert_eq!(
+            offer_as(&mut t, "kiwi", "1100"),
+            Offer::Won,
+            "exactly max_future ahead"
+        );
+        assert_eq!(offer_as(&mut t, "kiwi", "1100.000000001"), Offer::TooFuture);
+        assert_eq!(offer_as(&mut t, "new", "999999999999"), Offer::TooFuture);
+        assert!(t.get(b"new").is_none());
+        let mut off = ruled(0, 0, 0);
+        assert_eq!(offer_as(&mut off, "kiwi", "999999999999"), Offer::Won);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_clients_only_and_counts_them() {
+        let mut t = ruled(0, 2, 0);
+        assert_eq!(offer_as(&mut t, "a", "1"), Offer::Won);
+        assert_eq!(offer_as(&mut t, "b", "1"), Offer::Won);
+        assert_eq!(offer_as(&mut t, "c", "1"), Offer::Full);
+        assert_eq!(offer_as(&mut t, "d", "1"), Offer::Full);
+        assert_eq!(
+            offer_as(&mut t, "a", "2"),
+            Offer::Won,
+            "a known client still updates"
+        );
+        assert_eq!(offer_as(&mut t, "a", "0.5"), Offer::Lost);
+        assert_eq!((t.len(), t.full_refusals()), (2, 2));
+    }
+
+    #[test]
+    fn records_older_than_the_ttl_are_refused_hidden_and_swept() {
+        let mut t = ruled(0, 0, 100);
+        assert_eq!(offer_as(&mut t, "old", "899.999999999"), Offer::Expired);
+        assert_eq!(offer_as(&mut t, "a", "900"), Offer::Won);
+        assert_eq!(offer_as(&mut t, "b", "950"), Offer::Won);
+        t.tick(ts("1000.5"));
+        assert!(t.get(b"a").is_none(), "expired: WHATSAT finds nothing");
+        assert!(t.get(b"b").is_some());
+        assert_eq!(t.records().count(), 1, "an expired record is not synced");
+        assert_eq!(t.len(), 1, "and it was swept");
+        // b renewed before its time: its first heap entry is stale and must not remove it.
+        assert_eq!(offer_as(&mut t, "b", "1000"), Offer::Won);
+        t.tick(ts("1060"));
+        assert!(t.get(b"b").is_some());
+        t.tick(ts("1100.000000001"));
+        assert_eq!((t.len(), t.get(b"b").map(|r| r.time)), (0, None));
+    }
+
+    #[test]
+    fn an_expired_record_not_yet_swept_loses_to_any_live_one() {
+        let mut t = ruled(0, 0, 100);
+        for i in 0..SWEEP_PER_TICK + 1 {
+            assert_eq!(offer_as(&mut t, &format!("c{i}"), "901"), Offer::Won);
+        }
+        t.tick(ts("1002"));
+        assert_eq!(t.len(), 1, "one pass sweeps at most SWEEP_PER_TICK");
+        let left = (0..SWEEP_PER_TICK + 1)
+            .map(|i| format!("c{i}"))
+            .find(|c| t.records.contains_key(c.as_bytes()))
+            .unwrap_or_default();
+        assert!(t.get(left.as_bytes()).is_none());
+        // Older than the held (expired) record but live: it wins.
+        assert_eq!(offer_as(&mut t, &left, "950"), Offer::Won);
+        assert!(t.get(left.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn the_expiry_index_stays_proportional_to_the_clients() {
+        let mut t = ruled(0, 0, 1_000_000);
+        for i in 0..20_000 {
+            offer_as(&mut t, "kiwi", &format!("{}", 1 + i));
+        }
+        assert!(t.expiry.len() <= 2 * t.len() + 1024, "{}", t.expiry.len());
+        t.tick(ts("1000020"));
+        assert_eq!(t.get(b"kiwi").map(|r| r.time), Some(ts("20000")));
     }
 
     #[test]

@@ -765,7 +765,10 @@ fn blank_lines_before_the_hello_are_ignored() {
         &[rec("early", "AT Bailey +0.000000001 early +1+1 1700000000\n")],
         DEADLINE,
     );
-    assert!(p.silent_for(Duration::from_millis(200)), "Bona answered or closed");
+    assert!(
+        p.silent_for(Duration::from_millis(200)),
+        "Bona answered or closed"
+    );
 }
 
 #[test]

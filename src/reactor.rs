@@ -830,6 +830,12 @@ impl Reactor {
             self.connect_done(id, now);
             return;
         }
+        if conn.role == Role::Client && (event.is_error() || event.is_write_closed()) {
+            // Reset, or gone both ways: no reply can reach it. Close now: a client paused
+            // behind a slow Places answer would otherwise keep its buffers until then.
+            self.close(id, "connection reset by the client", now);
+            return;
+        }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
             if let Input::Open { unread } = &mut conn.state {
                 *unread = true;

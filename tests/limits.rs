@@ -288,7 +288,6 @@ fn memory_goes_back_to_the_os_after_a_thousand_clients_filled_their_buffers() {
     );
     h.env.push(("GOOGLE_PLACES_API_KEY".into(), "dummy".into()));
     h.start("Alpha");
-    let port = h.port("Alpha");
     let mut c = h.client("Alpha");
     assert!(c.ask(&iamat("kiwi", &now_text())).starts_with("AT Alpha "));
     let baseline = h.servers[0].rss_kib();

@@ -833,7 +833,11 @@ impl Reactor {
         if conn.role == Role::Client && (event.is_error() || event.is_write_closed()) {
             // Reset, or gone both ways: no reply can reach it. Close now: a client paused
             // behind a slow Places answer would otherwise keep its buffers until then.
-            self.close(id, "connection reset by the client", now);
+            let why = match conn.stream.take_error() {
+                Ok(Some(e)) | Err(e) => e.to_string(),
+                Ok(None) => "hung up".to_string(),
+            };
+            self.close(id, &why, now);
             return;
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {

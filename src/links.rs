@@ -17,12 +17,14 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
 use crate::lines::Line;
 use crate::logging::Shown;
+use crate::metrics::{Direction, Metrics, RecordOutcome};
 use crate::protocol;
 use crate::slab::ConnId;
 use crate::table::{Cursor, Offer, Table};
@@ -187,6 +189,8 @@ pub struct Links {
     /// 1 s, or a third of `dead_after` if that is shorter, so the accepting side never
     /// counts a live link as silent.
     beat: Duration,
+    /// The server's counters (SPEC §8); link `i` there is `NeighbourId(i)` here.
+    metrics: Arc<Metrics>,
 }
 
 impl Links {
@@ -200,6 +204,7 @@ impl Links {
         seed: u64,
     ) -> Links {
         let mut timers = TimerWheel::new(TIMER_TICK, TIMER_SLOTS, now);
+        let names: Vec<String> = neighbours.iter().map(|(name, _)| name.clone()).collect();
         let neighbours = neighbours
             .into_iter()
             .enumerate()
@@ -232,6 +237,26 @@ impl Links {
             floods: 0,
             dead_after,
             beat: HEARTBEAT.min(dead_after / 3),
+            metrics: Arc::new(Metrics::new(&names)),
+        }
+    }
+
+    /// The server's counters, made here so their link order is the neighbours' order.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Publishes the bytes waiting for each neighbour (`queued`: a connection's unsent
+    /// output); once per loop pass, after the flush.
+    pub fn publish_queued(&self, queued: impl Fn(ConnId) -> usize) {
+        for (i, nb) in self.neighbours.iter().enumerate() {
+            let held = match nb.out {
+                Out::Up { conn } => queued(conn) + nb.outbox.len(),
+                _ => 0,
+            };
+            if let Some(m) = self.metrics.links().get(i) {
+                m.set_queued_bytes(held);
+            }
         }
     }
 
@@ -410,6 +435,7 @@ impl Links {
             self.timers.cancel(timeout);
         }
         nb.out = Out::Up { conn };
+        self.metrics.link_up(n.0, Direction::Out);
         nb.backoff.reset();
         nb.outbox.clear();
         nb.last_sent = now;
@@ -458,6 +484,7 @@ impl Links {
         if let Some(n) = self.inbound_from(conn) {
             let nb = &mut self.neighbours[n.0];
             nb.inbound = None;
+            self.metrics.link_down(n.0, Direction::In);
             info!("link from {}: dropped: {why}", nb.name);
             return Some(n);
         }
@@ -490,6 +517,7 @@ impl Links {
             // The guard `resolved` left for a dial that failed to start: this retry is it.
             self.timers.cancel(guard);
         }
+        self.metrics.link_down(n.0, Direction::Out);
         nb.outbox.clear();
         nb.sync = None;
         let msg = format!(
@@ -523,6 +551,7 @@ impl Links {
         self.timers
             .insert(now + self.dead_after, LinkTimer::Silence(n, conn));
         let replaced = nb.inbound.replace(conn).filter(|old| *old != conn);
+        self.metrics.link_up(n.0, Direction::In);
         if let Some(old) = replaced {
             self.commands.push(Command::Close {
                 conn: old,
@@ -564,6 +593,7 @@ impl Links {
                 nb.outbox.extend_from_slice(line);
                 nb.outbox.push(b'\n');
                 nb.flooded = self.floods;
+                self.metrics.forwarded(1);
             }
         }
         Forwarded(self)
@@ -582,6 +612,7 @@ impl Links {
     ) {
         let name = &self.neighbours[from.0].name;
         let Line::Complete(line) = line else {
+            self.metrics.record(RecordOutcome::Malformed);
             warn!("record from {name} skipped: over-long line");
             return;
         };
@@ -592,6 +623,7 @@ impl Links {
         let rec =
             protocol::parse_at_record(line).filter(|r| servers.iter().any(|s| s.as_bytes() == r.server));
         let Some(rec) = rec else {
+            self.metrics.record(RecordOutcome::Malformed);
             warn!("record from {name} skipped: malformed: {}", Shown(line));
             return;
         };
@@ -599,14 +631,19 @@ impl Links {
         let loc = rec.write_canonical(scratch);
         match table.offer_at(table.clock(), rec.client, rec.time, scratch, loc) {
             Offer::Won => {}
-            Offer::Lost => return info!("record from {name} (not newer, dropped): {}", Shown(scratch)),
+            Offer::Lost => {
+                self.metrics.record(RecordOutcome::NotNewer);
+                return info!("record from {name} (not newer, dropped): {}", Shown(scratch));
+            }
             Offer::TooFuture => {
+                self.metrics.record(RecordOutcome::TooFarAhead);
                 return warn!(
                     "record from {name} (further ahead than limits.max_future_s, dropped): {}",
                     Shown(scratch)
                 );
             }
             Offer::Expired => {
+                self.metrics.record(RecordOutcome::Expired);
                 return info!(
                     "record from {name} (older than table.ttl_s, dropped): {}",
                     Shown(scratch)
@@ -615,6 +652,7 @@ impl Links {
             // Counted by the table; the reactor reports it at most once a second.
             Offer::Full => return,
         }
+        self.metrics.record(RecordOutcome::New);
         let to = self.flood(scratch, Some(from));
         info!(
             "record from {} (new): {}{to}",

@@ -42,6 +42,9 @@ const CHUNK: u64 = 8 << 20;
 /// start is simply kept).
 const PAGE: u64 = 4096;
 
+/// Bytes written to the log file(s) since start, across rotations (`herd_log_bytes_total`).
+pub static WRITTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A log file opened for appending, whose written pages leave the page cache.
 pub struct LogFile {
     /// Shared with the helper thread, which may still be advising on a file rotated away.
@@ -103,6 +106,7 @@ impl LogFile {
     fn write_here(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = (&*self.file).write(buf)?;
         self.end += n as u64;
+        WRITTEN.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         if self.end - self.synced >= self.chunk {
             self.recount();
             let (file, advisor) = (&self.file, self.advisor.as_ref());

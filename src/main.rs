@@ -4,7 +4,6 @@
 //! Start-up failures (bad arguments, bad config, unknown name, a port in use) print one
 //! line on stderr and exit with status 2 before anything is left listening.
 
-#[allow(dead_code)]
 mod admin;
 mod certs;
 mod cli;
@@ -14,8 +13,6 @@ mod lines;
 mod links;
 mod log_file;
 mod logging;
-// Wired into the reactor by the lead (issue 14); unused until then.
-#[allow(dead_code)]
 mod metrics;
 mod places;
 mod protocol;
@@ -23,7 +20,6 @@ mod reactor;
 mod resolver;
 mod session;
 mod slab;
-#[allow(dead_code)]
 mod snapshot;
 mod status;
 mod table;
@@ -140,6 +136,14 @@ fn run(args: cli::Args) -> Result<(), String> {
             max_clients: herd.limits.max_clients.unwrap_or(0),
             ttl: herd.table.ttl,
         },
+        admin_addr: match me.admin_port {
+            Some(port) => Some(resolve(&me.admin_host, port)?),
+            None => None,
+        },
+        snapshots: herd.state.dir.as_ref().map(|dir| snapshot::Plan {
+            path: dir.join(format!("{}.snap", me.name)),
+            every: herd.state.every,
+        }),
     };
     reactor::tune_allocator();
     let reactor = reactor::Reactor::bind(settings, &herd.places, key).map_err(|e| e.to_string())?;
@@ -176,6 +180,9 @@ fn run(args: cli::Args) -> Result<(), String> {
             exposed.join(", ")
         ),
         None => {}
+    }
+    if let Some(addr) = reactor.admin_addr() {
+        log::info!("admin endpoint on http://{addr}/metrics and /healthz");
     }
     logging::flush();
     let result = reactor.run();

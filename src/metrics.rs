@@ -10,7 +10,7 @@
 //! caller builds at scrape time.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// What kind of client message a line was (`herd_messages_total{kind}`).
@@ -78,6 +78,8 @@ pub struct LinkMetrics {
     up_in: AtomicU64,
     reconnects: AtomicU64,
     queued_bytes: AtomicU64,
+    /// The outbound link has been up at least once, so its next coming up is a reconnect.
+    been_up_out: AtomicBool,
 }
 
 impl LinkMetrics {
@@ -108,6 +110,7 @@ impl LinkMetrics {
 }
 
 /// A neighbour's position in `Metrics::links`, in the order the names were given.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkId(pub usize);
 
@@ -146,6 +149,7 @@ impl Metrics {
                     up_in: AtomicU64::new(0),
                     reconnects: AtomicU64::new(0),
                     queued_bytes: AtomicU64::new(0),
+                    been_up_out: AtomicBool::new(false),
                 })
                 .collect(),
         }
@@ -162,11 +166,6 @@ impl Metrics {
         let _ = self
             .connections_open
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-    }
-
-    /// The open count as the reactor knows it, for a reactor that keeps its own.
-    pub fn set_connections_open(&self, n: usize) {
-        self.connections_open.store(n as u64, Ordering::Relaxed);
     }
 
     /// A connection was turned away (limit reached) without being served.
@@ -191,10 +190,31 @@ impl Metrics {
         self.table_clients.store(n as u64, Ordering::Relaxed);
     }
 
-    pub fn logged(&self, bytes: usize) {
-        self.log_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    /// Neighbour `link`'s connection in `direction` came up. An outbound link that was up
+    /// before counts as a reconnect: the first link-up after start is not one.
+    pub fn link_up(&self, link: usize, direction: Direction) {
+        let Some(l) = self.links.get(link) else {
+            return;
+        };
+        l.set_up(direction, true);
+        if direction == Direction::Out && l.been_up_out.swap(true, Ordering::Relaxed) {
+            l.reconnected();
+        }
     }
 
+    /// Neighbour `link`'s connection in `direction` is down (or never came up).
+    pub fn link_down(&self, link: usize, direction: Direction) {
+        if let Some(l) = self.links.get(link) {
+            l.set_up(direction, false);
+        }
+    }
+
+    /// The log's byte count as the log file keeps it (it is written from several threads).
+    pub fn set_log_bytes(&self, bytes: u64) {
+        self.log_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
     pub fn link(&self, id: LinkId) -> Option<&LinkMetrics> {
         self.links.get(id.0)
     }
@@ -225,6 +245,7 @@ pub struct PlacesView {
 }
 
 /// The statuses a Places answer can have, shown at 0 before the first call.
+#[cfg(test)]
 pub const PLACES_STATUSES: [&str; 6] = [
     "OK",
     "ZERO_RESULTS",
@@ -237,7 +258,8 @@ pub const PLACES_STATUSES: [&str; 6] = [
 const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
 
 impl PlacesView {
-    /// A pool that has done nothing yet (or a server with no pool to show).
+    /// A pool that has done nothing yet.
+    #[cfg(test)]
     pub fn idle() -> PlacesView {
         PlacesView {
             calls_by_status: PLACES_STATUSES.iter().map(|s| (*s, 0)).collect(),
@@ -250,6 +272,33 @@ impl PlacesView {
             duration_count: 0,
             retries: 0,
             breaker: "closed",
+        }
+    }
+}
+
+impl PlacesView {
+    /// The pool's counters as the exposition shows them: the `+Inf` bucket is implied by
+    /// `_count`, and the breaker's `half-open` is spelt as a label value may be quoted
+    /// without surprise (`half_open`).
+    pub fn from_stats(s: &crate::places::stats::PlacesStats) -> PlacesView {
+        use crate::places::stats::BreakerState;
+        PlacesView {
+            calls_by_status: s.calls.clone(),
+            queue_depth: s.queue_depth,
+            duration_buckets: s
+                .latency
+                .iter()
+                .copied()
+                .filter(|(le, _)| le.is_finite())
+                .collect(),
+            duration_sum_seconds: s.latency_sum_seconds,
+            duration_count: s.latency_count,
+            retries: s.retries,
+            breaker: match s.breaker {
+                BreakerState::Closed => "closed",
+                BreakerState::Open => "open",
+                BreakerState::Probing => "half_open",
+            },
         }
     }
 }
@@ -314,7 +363,7 @@ pub fn render(m: &Metrics, places: &PlacesView, out: &mut String) {
         out,
         "herd_records_total",
         "counter",
-        "Records offered to the table, by outcome.",
+        "Records from neighbours offered to the table, by outcome.",
     );
     for outcome in RecordOutcome::ALL {
         let _ = writeln!(
@@ -357,7 +406,7 @@ pub fn render(m: &Metrics, places: &PlacesView, out: &mut String) {
         m,
         "herd_link_reconnects_total",
         "counter",
-        "Redials of the neighbour link.",
+        "Times the outbound link to the neighbour came up again after being up.",
         |l| load(&l.reconnects),
     );
     per_link(
@@ -769,6 +818,62 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_link_counts_a_reconnect_only_after_it_was_up() {
+        let m = Metrics::new(&names(&["Bona"]));
+        m.link_up(0, Direction::In);
+        m.link_down(0, Direction::In);
+        m.link_up(0, Direction::Out);
+        m.link_down(0, Direction::Out);
+        m.link_down(0, Direction::Out);
+        let reconnects = |m: &Metrics| {
+            let s = parse_strict(&rendered(m, &PlacesView::idle())).unwrap();
+            value(&s, "herd_link_reconnects_total", &[("neighbour", "Bona")])
+        };
+        assert_eq!(reconnects(&m), Some(0.0), "first up is no reconnect");
+        m.link_up(0, Direction::Out);
+        assert_eq!(reconnects(&m), Some(1.0));
+        assert_eq!(health_lines(&m), "Bona out up\nBona in down\n");
+        m.link_up(7, Direction::Out); // no such link: ignored
+    }
+
+    #[test]
+    fn the_places_pool_counters_become_a_view() {
+        let fresh = crate::places::stats::PlacesCounters::default().snapshot();
+        let view = PlacesView::from_stats(&fresh);
+        assert_eq!(view.breaker, "closed");
+        assert!(view.duration_buckets.iter().all(|(le, _)| le.is_finite()));
+        assert_eq!(
+            view.duration_buckets.len(),
+            crate::places::stats::LATENCY_BUCKETS.len()
+        );
+        let stats = crate::places::stats::PlacesStats {
+            breaker: crate::places::stats::BreakerState::Probing,
+            calls: vec![("OK", 3), ("OTHER", 1)],
+            latency: vec![(0.1, 1), (1.0, 3), (f64::INFINITY, 4)],
+            latency_count: 4,
+            latency_sum_seconds: 2.5,
+            queue_depth: 2,
+            retries: 5,
+            ..fresh
+        };
+        let view = PlacesView::from_stats(&stats);
+        assert_eq!(
+            view,
+            PlacesView {
+                calls_by_status: vec![("OK", 3), ("OTHER", 1)],
+                queue_depth: 2,
+                duration_buckets: vec![(0.1, 1), (1.0, 3)],
+                duration_sum_seconds: 2.5,
+                duration_count: 4,
+                retries: 5,
+                breaker: "half_open",
+            }
+        );
+        let text = rendered(&Metrics::new(&[]), &view);
+        parse_strict(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+
+    #[test]
     fn counters_show_what_was_bumped() {
         let m = Metrics::new(&names(&["Bona"]));
         m.accepted();
@@ -784,8 +889,7 @@ pub(crate) mod tests {
         m.record(RecordOutcome::TooFarAhead);
         m.forwarded(2);
         m.set_table_clients(7);
-        m.logged(100);
-        m.logged(23);
+        m.set_log_bytes(123);
         let bona = m.link(LinkId(0)).expect("one link");
         bona.set_up(Direction::In, true);
         bona.reconnected();

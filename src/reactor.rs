@@ -104,6 +104,10 @@ pub struct Settings {
     pub send_timeout: Option<Duration>,
     /// `max_future`, `max_clients` and `ttl` for the table.
     pub table_rules: crate::table::Rules,
+    /// Where `/metrics` and `/healthz` are served (SPEC §8); None: no admin endpoint.
+    pub admin_addr: Option<SocketAddr>,
+    /// Table snapshots (SPEC §8); None: off.
+    pub snapshots: Option<crate::snapshot::Plan>,
 }
 
 pub struct Reactor {
@@ -132,6 +136,11 @@ pub struct Reactor {
     /// always the earliest).
     handshakes: VecDeque<(Instant, ConnId)>,
     house: Housekeeping,
+    /// The admin endpoint's thread, stopped with the listeners.
+    admin: Option<crate::admin::AdminHandle>,
+    /// The snapshot plan until `run` starts the writer, then the writer's schedule.
+    snapshot_plan: Option<crate::snapshot::Plan>,
+    snapshots: Option<crate::snapshot::Periodic>,
 }
 
 /// SPEC §7's periodic work: client timeouts, the table-full report, memory return.
@@ -281,6 +290,11 @@ impl Reactor {
             now,
             seed,
         );
+        let metrics = Arc::clone(links.metrics());
+        let admin = match settings.admin_addr {
+            Some(addr) => Some(start_admin(addr, &metrics, &pool)?),
+            None => None,
+        };
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -295,6 +309,7 @@ impl Reactor {
                 pool,
                 scratch: Vec::new(),
                 now,
+                metrics,
             },
             max_line: settings.max_line,
             ready: VecDeque::new(),
@@ -323,13 +338,22 @@ impl Reactor {
                 closes: 0,
                 trimmed_at: now,
             },
+            admin,
+            snapshot_plan: settings.snapshots,
+            snapshots: None,
         })
+    }
+
+    /// Where the admin endpoint listens, if it does.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
     }
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut now = Instant::now();
+        self.restore(now);
         loop {
             let timeout = self.poll_timeout(now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -374,6 +398,10 @@ impl Reactor {
             self.run_commands(now);
             self.serve_ready(now);
             self.flush_dirty(now);
+            self.publish_metrics();
+            if let Some(s) = &mut self.snapshots {
+                s.tick(now, &self.sh.table);
+            }
             if now >= self.house.due {
                 self.housekeeping(now);
             }
@@ -403,6 +431,7 @@ impl Reactor {
             self.accept.retry_at,
             handshake,
             house,
+            self.snapshots.as_ref().and_then(|s| s.due()),
         ]
         .into_iter()
         .flatten()
@@ -516,6 +545,9 @@ impl Reactor {
         {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        if let Some(admin) = self.admin.take() {
+            admin.shutdown();
+        }
         let open = self.conns.len();
         let ids: Vec<ConnId> = self.conns.ids().collect();
         for id in ids {
@@ -523,8 +555,34 @@ impl Reactor {
                 let _ = self.poll.registry().deregister(&mut conn.stream);
             }
         }
+        // No record arrives after the links are gone: this is the table to keep.
+        if let Some(s) = self.snapshots.take() {
+            s.finish(&self.sh.table);
+        }
         info!("{} shut down ({open} connections closed)", self.sh.name);
         crate::logging::flush();
+    }
+
+    /// SPEC §8: loads the snapshot before the first poll, so before any link is up (the
+    /// first dials go out in the first pass), then starts taking them.
+    fn restore(&mut self, now: Instant) {
+        if let Some(plan) = self.snapshot_plan.take() {
+            let periodic = crate::snapshot::Periodic::start(plan, now);
+            periodic.restore(&mut self.sh.table, &self.sh.servers);
+            self.snapshots = Some(periodic);
+        }
+    }
+
+    /// The gauges the admin thread shows, as of this pass (the counters move as events
+    /// happen; these are states, cheaper to copy once a pass than to track per change).
+    fn publish_metrics(&self) {
+        let m = &self.sh.metrics;
+        m.set_table_clients(self.sh.table.len());
+        m.set_log_bytes(crate::log_file::WRITTEN.load(std::sync::atomic::Ordering::Relaxed));
+        let conns = &self.conns;
+        self.sh
+            .links
+            .publish_queued(|id| conns.get(id).map_or(0, |c| c.output.len()));
     }
 
     /// Carries out what the links asked for, until they ask nothing more (closing a
@@ -571,6 +629,7 @@ impl Reactor {
             match listener.accept() {
                 Ok((stream, addr)) => {
                     if which == LISTENER && self.over_cap(addr, now) {
+                        self.sh.metrics.refused();
                         // Dropping the stream closes it: the client learns at once
                         // instead of waiting in the backlog.
                         drop(stream);
@@ -669,6 +728,7 @@ impl Reactor {
         match role {
             Role::Client => {
                 self.accept.clients += 1;
+                self.sh.metrics.accepted();
                 info!("{addr} connected")
             }
             Role::PeerIn => info!("{addr} connected to the peer port"),
@@ -998,6 +1058,7 @@ impl Reactor {
         match conn.role {
             Role::Client => {
                 self.accept.clients -= 1;
+                self.sh.metrics.closed();
                 info!("{addr} closed: {why}");
             }
             Role::PeerIn => {
@@ -1066,6 +1127,24 @@ fn release_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Binds the admin endpoint (a port in use is a start-up error, like the others) and
+/// serves it from its own thread off the shared counters and the Places pool's.
+fn start_admin(
+    addr: SocketAddr,
+    metrics: &Arc<crate::metrics::Metrics>,
+    pool: &Pool<crate::session::Tag>,
+) -> Result<crate::admin::AdminHandle, StartError> {
+    let counters = pool.counters();
+    let health = Arc::clone(metrics);
+    crate::admin::Admin::start(
+        addr,
+        Arc::clone(metrics),
+        Box::new(move || crate::metrics::PlacesView::from_stats(&counters.snapshot())),
+        Box::new(move || crate::metrics::health_lines(&health)),
+    )
+    .map_err(|err| StartError::Bind { addr, err })
 }
 
 /// Accept errors that concern one connection only, not the listener.

@@ -15,6 +15,7 @@ use log::{debug, info};
 use crate::lines::{Line, WriteQueue};
 use crate::links::Links;
 use crate::logging::Shown;
+use crate::metrics::{MessageKind, Metrics};
 use crate::places::{self, Pool, Submit};
 use crate::protocol::{self, Location, Parsed, Request, Timestamp};
 use crate::slab::ConnId;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub scratch: Vec<u8>,
     /// The loop pass's one reading of the monotonic clock.
     pub now: std::time::Instant,
+    /// The server's counters (SPEC §8), shared with the admin thread.
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 /// One client connection's side of the protocol.
@@ -179,6 +182,7 @@ impl Session {
         let line = match line {
             Line::Complete(line) => line,
             Line::Overlong(head) => {
+                sh.metrics.message(MessageKind::Invalid);
                 info!("{} recv: over-long line | sent: ? {}", self.peer, Shown(head));
                 protocol::write_overlong(head, scratch);
                 return self.replies.push(out, scratch);
@@ -186,7 +190,7 @@ impl Session {
         };
         let request = match protocol::parse_client_line(line) {
             Parsed::Blank => return,
-            Parsed::Invalid => return self.invalid(scratch, out, line),
+            Parsed::Invalid => return self.invalid(&sh.metrics, scratch, out, line),
             Parsed::Request(r) => r,
         };
         match request {
@@ -196,21 +200,24 @@ impl Session {
                 // SPEC §7: judged by the same `now` as the reply's diff. A full table is
                 // counted there and reported by the reactor at most once a second.
                 let won = match sh.table.offer_at(now, req.client, req.time, scratch, location) {
-                    Offer::TooFuture | Offer::Full => return self.invalid(scratch, out, line),
+                    Offer::TooFuture | Offer::Full => return self.invalid(&sh.metrics, scratch, out, line),
                     offer => offer == Offer::Won,
                 };
+                // Only an IAMAT answered with an AT line: a refused one counts as invalid.
+                sh.metrics.message(MessageKind::Iamat);
                 flood_and_log(&self.peer, line, &mut sh.links, won, scratch);
                 scratch.push(b'\n');
                 self.replies.push(out, scratch);
             }
             Request::Whatsat(req) => {
                 let Some(record) = sh.table.get(req.client) else {
-                    return self.invalid(scratch, out, line);
+                    return self.invalid(&sh.metrics, scratch, out, line);
                 };
                 // A stored location was checked by `Location::is_valid`, so it converts.
                 let Some(location) = Location::parse(record.location()) else {
-                    return self.invalid(scratch, out, line);
+                    return self.invalid(&sh.metrics, scratch, out, line);
                 };
+                sh.metrics.message(MessageKind::Whatsat);
                 let query = places::Query {
                     lat: location.lat,
                     lng: location.lng,
@@ -236,7 +243,8 @@ impl Session {
         }
     }
 
-    fn invalid(&mut self, scratch: &mut Vec<u8>, out: &mut WriteQueue, line: &[u8]) {
+    fn invalid(&mut self, metrics: &Metrics, scratch: &mut Vec<u8>, out: &mut WriteQueue, line: &[u8]) {
+        metrics.message(MessageKind::Invalid);
         info!("{} recv: {} | sent: ? {}", self.peer, Shown(line), Shown(line));
         scratch.clear();
         protocol::write_invalid(line, scratch);

@@ -28,6 +28,8 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::table::Offer;
+
 const MAGIC: &[u8; 8] = b"HERDSNAP";
 pub const VERSION: u32 = 1;
 const HEADER: usize = 36;
@@ -120,6 +122,7 @@ fn header(count: u64, body: &[u8]) -> [u8; HEADER] {
 /// Appends a whole snapshot of `lines` to `out`; returns the records written. A line
 /// holding `\n` could not be read back as one record, so it is left out (AT lines never
 /// hold one).
+#[cfg(test)]
 pub fn encode<'a>(lines: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
@@ -246,6 +249,7 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>, SnapError> {
 /// `collect(|| table.records().map(|r| &r.line[..]))`. This runs on the reactor, so it
 /// walks the lines twice (`lines` is called twice): once to size the buffer, so there is
 /// one allocation and no regrowth copies, then to copy. That is the reactor's whole cost.
+#[cfg(test)]
 pub fn collect<'a, I: Iterator<Item = &'a [u8]>>(lines: impl Fn() -> I) -> Vec<u8> {
     let mut body = Vec::new();
     collect_into(&mut body, lines);
@@ -337,8 +341,33 @@ impl Writer {
 
     /// Writes what is queued, then stops the thread; returns when it is all on disk (the
     /// shutdown path: submit the last table, then finish).
+    #[cfg(test)]
     pub fn finish(mut self) {
         self.stop();
+    }
+
+    /// `finish`, but waits at most `limit` (a signal must end the process within a
+    /// second); true if everything queued is on disk. On false the thread is left to end
+    /// with the process: the write in flight goes to the temp file, so the previous
+    /// snapshot stays whole.
+    pub fn finish_within(mut self, limit: Duration) -> bool {
+        {
+            let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.stop = true;
+            self.shared.wake.notify_one();
+        }
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + limit;
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let finished = thread.is_finished();
+        if finished {
+            let _ = thread.join();
+        }
+        finished
     }
 
     fn stop(&mut self) {
@@ -422,6 +451,171 @@ fn write_snapshot(path: &Path, body: &[u8]) -> Result<Written, SnapError> {
         bytes: (HEADER + body.len()) as u64,
         took: started.elapsed(),
     })
+}
+
+/// How this server keeps its table across restarts (`state:` in herd.yml). The limits a
+/// loaded record must pass (`table.ttl_s`, `limits.max_future_s`, `limits.max_clients`)
+/// are the table's own rules.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub path: PathBuf,
+    pub every: Duration,
+}
+
+/// The longest the final snapshot on SIGTERM/SIGINT may take before the process exits
+/// anyway (the Places pool's grace comes on top, within the second).
+pub const FINAL_WAIT: Duration = Duration::from_millis(600);
+
+/// The reactor's side of snapshots: when the next is due and the writer that takes it.
+pub struct Periodic {
+    plan: Plan,
+    writer: Option<Writer>,
+    due: Instant,
+}
+
+/// What loading a snapshot into the table did, for the start-up log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    pub stored: usize,
+    pub not_newer: usize,
+    pub malformed: usize,
+    pub expired: usize,
+    pub too_far_ahead: usize,
+    /// Refused because the table was full (`limits.max_clients`).
+    pub full: usize,
+}
+
+impl Periodic {
+    /// Starts the writer thread (creating the directory). A failure is logged and leaves
+    /// snapshots off: a disk problem must not keep the server from serving.
+    pub fn start(plan: Plan, now: Instant) -> Periodic {
+        let done: Done = Box::new(|result| match result {
+            Ok(w) => log::info!(
+                "snapshot: wrote {} records ({} bytes) to {} in {} ms",
+                w.records,
+                w.bytes,
+                w.path.display(),
+                w.took.as_millis()
+            ),
+            Err(e) => log::warn!("snapshot not written: {e}; the previous one stays"),
+        });
+        let writer = match Writer::start(plan.path.clone(), done) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::error!("snapshots off: cannot start writing {}: {e}", plan.path.display());
+                None
+            }
+        };
+        Periodic {
+            due: now + plan.every,
+            plan,
+            writer,
+        }
+    }
+
+    /// Loads the snapshot into `table` (before any link is up): each line is re-parsed
+    /// as a neighbour's record would be and offered, minus what the limits rule out. Any
+    /// problem with the file is logged and the table starts as it was: never a crash.
+    pub fn restore(&self, table: &mut crate::table::Table, servers: &[String]) -> Restored {
+        let path = &self.plan.path;
+        let started = Instant::now();
+        let snap = match load(path) {
+            Ok(Some(snap)) if !snap.is_empty() => snap,
+            Ok(Some(_)) => {
+                log::info!("snapshot: {} holds no records", path.display());
+                return Restored::default();
+            }
+            Ok(None) => {
+                log::info!("snapshot: none at {}, starting empty", path.display());
+                return Restored::default();
+            }
+            Err(e) => {
+                log::warn!("snapshot {} ignored, starting empty: {e}", path.display());
+                return Restored::default();
+            }
+        };
+        let now = crate::protocol::Timestamp::from_system_time(std::time::SystemTime::now());
+        let mut r = Restored::default();
+        let mut line = Vec::new();
+        for raw in snap.lines() {
+            let rec = crate::protocol::parse_at_record(raw)
+                .filter(|rec| servers.iter().any(|s| s.as_bytes() == rec.server));
+            let Some(rec) = rec else {
+                r.malformed += 1;
+                continue;
+            };
+            line.clear();
+            let loc = rec.write_canonical(&mut line);
+            // The table's clock is not set before the first pass: judge by ours.
+            let count = match table.offer_at(now, rec.client, rec.time, &line, loc) {
+                Offer::Won => &mut r.stored,
+                Offer::Lost => &mut r.not_newer,
+                Offer::TooFuture => &mut r.too_far_ahead,
+                Offer::Expired => &mut r.expired,
+                Offer::Full => &mut r.full,
+            };
+            *count += 1;
+        }
+        log::info!(
+            "snapshot: loaded {} of {} records from {} in {} ms (dropped: {} expired, {} too far ahead, {} malformed, {} duplicates, {} over max_clients)",
+            r.stored,
+            snap.len(),
+            path.display(),
+            started.elapsed().as_millis(),
+            r.expired,
+            r.too_far_ahead,
+            r.malformed,
+            r.not_newer,
+            r.full
+        );
+        r
+    }
+
+    /// When the next snapshot is due, for the poll timeout; None with snapshots off.
+    pub fn due(&self) -> Option<Instant> {
+        self.writer.as_ref().map(|_| self.due)
+    }
+
+    /// Takes a snapshot if one is due: copies the table's lines into the writer's spare
+    /// buffer (the only part on the reactor) and hands it over.
+    pub fn tick(&mut self, now: Instant, table: &crate::table::Table) {
+        if now < self.due {
+            return;
+        }
+        self.due = now + self.plan.every;
+        self.submit(table);
+    }
+
+    fn submit(&mut self, table: &crate::table::Table) {
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        let started = Instant::now();
+        let mut body = writer.spare();
+        collect_into(&mut body, || table.records().map(|r| &r.line[..]));
+        log::debug!(
+            "snapshot: copied {} records ({} bytes) in {} us",
+            table.len(),
+            body.len(),
+            started.elapsed().as_micros()
+        );
+        writer.submit(body);
+    }
+
+    /// The shutdown snapshot: the table as it is now, on disk before the return unless
+    /// that takes longer than `FINAL_WAIT`.
+    pub fn finish(mut self, table: &crate::table::Table) {
+        self.submit(table);
+        if let Some(writer) = self.writer.take()
+            && !writer.finish_within(FINAL_WAIT)
+        {
+            log::warn!(
+                "snapshot: final write to {} not done within {} ms; the previous one stays",
+                self.plan.path.display(),
+                FINAL_WAIT.as_millis()
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -571,6 +765,103 @@ mod tests {
         assert_eq!(e, "format version 9, this herd reads version 1");
         let e = SnapError::Truncated { len: 3, need: 36 }.to_string();
         assert_eq!(e, "truncated: 3 bytes, the header needs 36");
+    }
+
+    #[test]
+    fn restore_offers_what_the_limits_allow() {
+        let dir = TempDir::new("restore");
+        let path = dir.0.join("Bailey.snap");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let lines = [
+            format!("AT Bailey +0.000000000 fresh +1+1 {now}"),
+            format!("AT   Bona  +0.000000000 spaced +1+1 {now}"),
+            format!("AT Bailey +0.000000000 old +1+1 {}", now - 7200),
+            format!("AT Bailey +0.000000000 ahead +1+1 {}", now + 7200),
+            format!("AT Nobody +0.000000000 stranger +1+1 {now}"),
+            "garbage".to_string(),
+            format!("AT Bailey +0.000000000 fresh +1+1 {}", now - 1),
+        ];
+        let mut data = Vec::new();
+        encode(lines.iter().map(|l| l.as_bytes()), &mut data);
+        fs::write(&path, data).expect("write");
+        let plan = Plan {
+            path: path.clone(),
+            every: Duration::from_secs(60),
+        };
+        let servers = ["Bailey".to_string(), "Bona".to_string()];
+        let p = Periodic::start(plan, Instant::now());
+        let mut table = crate::table::Table::with_rules(crate::table::Rules {
+            ttl: Some(Duration::from_secs(3600)),
+            max_future: Some(Duration::from_secs(3600)),
+            max_clients: 0,
+        });
+        let r = p.restore(&mut table, &servers);
+        assert_eq!(
+            r,
+            Restored {
+                stored: 2,
+                not_newer: 1,
+                malformed: 2,
+                expired: 1,
+                too_far_ahead: 1,
+                full: 0
+            }
+        );
+        let spaced = table.get(b"spaced").expect("stored");
+        assert_eq!(
+            &spaced.line[..],
+            format!("AT Bona +0.000000000 spaced +1+1 {now}").as_bytes(),
+            "stored in canonical form"
+        );
+        assert!(table.get(b"old").is_none() && table.get(b"ahead").is_none());
+        // With the limits off, both are kept; with max_clients 3, the fourth is refused.
+        let mut table = crate::table::Table::default();
+        assert_eq!(p.restore(&mut table, &servers).stored, 4);
+        let mut small = crate::table::Table::with_rules(crate::table::Rules {
+            ttl: None,
+            max_future: None,
+            max_clients: 3,
+        });
+        let r = p.restore(&mut small, &servers);
+        assert_eq!((r.stored, r.full), (3, 1));
+        // A corrupt file leaves the table as it was.
+        fs::write(&path, b"HERDSNAP\x01\0\0\0garbage").expect("write");
+        assert_eq!(p.restore(&mut table, &servers), Restored::default());
+        assert_eq!(table.len(), 4);
+    }
+
+    #[test]
+    fn periodic_snapshots_and_the_final_one() {
+        let dir = TempDir::new("periodic");
+        let path = dir.0.join("Bona.snap");
+        let plan = Plan {
+            path: path.clone(),
+            every: Duration::from_secs(5),
+        };
+        let t0 = Instant::now();
+        let mut p = Periodic::start(plan, t0);
+        assert_eq!(p.due(), Some(t0 + Duration::from_secs(5)));
+        let mut table = crate::table::Table::default();
+        let line = b"AT Bona +0.000000000 kiwi +1+1 5";
+        let time = crate::protocol::Timestamp::parse(b"5").expect("time");
+        table.offer(b"kiwi", time, line, 27..31);
+        p.tick(t0 + Duration::from_secs(4), &table);
+        assert_eq!(p.due(), Some(t0 + Duration::from_secs(5)), "not due yet");
+        p.tick(t0 + Duration::from_secs(5), &table);
+        assert_eq!(p.due(), Some(t0 + Duration::from_secs(10)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "periodic snapshot never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let line2 = b"AT Bona +0.000000000 pear +1+1 6";
+        table.offer(b"pear", time, line2, 27..31);
+        p.finish(&table);
+        let snap = load(&path).expect("loads").expect("exists");
+        assert_eq!(snap.len(), 2, "the final snapshot has the latest table");
     }
 
     #[test]

@@ -570,6 +570,7 @@ impl Reactor {
             let periodic = crate::snapshot::Periodic::start(plan, now);
             periodic.restore(&mut self.sh.table, &self.sh.servers);
             self.snapshots = Some(periodic);
+            crate::logging::flush();
         }
     }
 

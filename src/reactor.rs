@@ -268,7 +268,6 @@ impl Reactor {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(|e| StartError::Io("cannot register signals", e))?;
-        let listener = listen(&poll, settings.client_addr, LISTENER)?;
         let peer_listener = listen(&poll, settings.peer_addr, PEER_LISTENER)?;
         // mio allows one waker per poll: the Places pool and the resolver share it.
         let waker = Arc::new(
@@ -295,6 +294,9 @@ impl Reactor {
             Some(addr) => Some(start_admin(addr, &metrics, &pool)?),
             None => None,
         };
+        // The client port last: once it accepts (what run.sh and the tests wait for),
+        // every other port is up too.
+        let listener = listen(&poll, settings.client_addr, LISTENER)?;
         Ok(Reactor {
             poll,
             listener: Some(listener),

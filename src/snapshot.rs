@@ -500,9 +500,11 @@ pub struct Plan {
     pub every: Duration,
 }
 
-/// The longest the final snapshot on SIGTERM/SIGINT may take before the process exits
-/// anyway (the Places pool's grace comes on top, within the second).
-pub const FINAL_WAIT: Duration = Duration::from_millis(600);
+/// The longest the final snapshot on SIGTERM/SIGINT may take, the reactor's copy
+/// included, before the process exits anyway (the Places pool's grace of at most 300 ms
+/// comes on top, within the second). A big table may not make it: then the last
+/// periodic snapshot stays, as after a kill -9.
+pub const FINAL_WAIT: Duration = Duration::from_millis(650);
 
 /// The reactor's side of snapshots: when the next is due and the writer that takes it.
 pub struct Periodic {
@@ -646,9 +648,11 @@ impl Periodic {
     /// The shutdown snapshot: the table as it is now, on disk before the return unless
     /// that takes longer than `FINAL_WAIT`.
     pub fn finish(mut self, table: &crate::table::Table) {
+        let deadline = Instant::now() + FINAL_WAIT;
         self.submit(table);
+        let left = deadline.saturating_duration_since(Instant::now());
         if let Some(writer) = self.writer.take()
-            && !writer.finish_within(FINAL_WAIT)
+            && !writer.finish_within(left)
         {
             log::warn!(
                 "snapshot: final write to {} not done within {} ms; the previous one stays",

@@ -57,15 +57,10 @@ pub struct Herd {
     pub max_line: usize,
     // These four and `PeerTls::for_server` are read by the features of SPEC §5-§8, which
     // are being built alongside; the allows go when those are wired in.
-    #[allow(dead_code)]
     pub limits: Limits,
-    #[allow(dead_code)]
     pub table: TableRules,
-    #[allow(dead_code)]
     pub peers: Peers,
-    #[allow(dead_code)]
     pub state: State,
-    #[allow(dead_code)]
     pub peer_tls: Option<PeerTls>,
 }
 
@@ -162,7 +157,6 @@ pub struct PeerTls {
 
 impl PeerTls {
     /// The CA, certificate and key files of server `name`.
-    #[allow(dead_code)]
     pub fn for_server(&self, name: &str) -> (PathBuf, PathBuf, PathBuf) {
         let path = |template: &str| {
             let p = PathBuf::from(template.replace("{name}", name));

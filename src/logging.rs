@@ -61,7 +61,6 @@ static REOPEN: AtomicBool = AtomicBool::new(false);
 /// Writes out what is buffered and goes on in a newly opened `<Name>.log`, found by
 /// path: after logrotate (or an operator) moved the file away, records go to the new
 /// one. For SIGHUP.
-#[allow(dead_code)] // called by the reactor's SIGHUP handling, being added alongside
 pub fn reopen() {
     REOPEN.store(true, Ordering::Relaxed);
     flush();

@@ -357,7 +357,6 @@ impl<T> Pool<T> {
     }
 
     /// The counters themselves, for a thread that reads them without the pool.
-    #[allow(dead_code)] // for the admin endpoint's thread (SPEC §8)
     pub fn counters(&self) -> Arc<PlacesCounters> {
         Arc::clone(&self.shared.counters)
     }

@@ -235,8 +235,9 @@ impl Table {
         self.records.len()
     }
 
-    /// `offer_at` by the clock of the last `tick`; true if the record was stored.
-    #[cfg_attr(not(test), allow(dead_code))] // for the snapshot restore, being wired
+    /// `offer_at` by the clock of the last `tick`; true if the record was stored. The
+    /// tests' short form.
+    #[cfg(test)]
     pub fn offer(&mut self, client: &[u8], time: Timestamp, line: &[u8], location: Range<usize>) -> bool {
         self.offer_at(self.clock, client, time, line, location) == Offer::Won
     }
@@ -318,7 +319,6 @@ impl Table {
     }
 
     /// Every live record: an expired one is neither synced nor saved (SPEC §7).
-    #[allow(dead_code)] // the state snapshots take it, being wired alongside
     pub fn records(&self) -> impl Iterator<Item = &Record> {
         self.records.values().filter(|r| self.live(r))
     }

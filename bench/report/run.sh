@@ -40,11 +40,13 @@ export REDIS_SERVER REPORT_COMMIT REPORT_OUT
 # 10,000 idle connections per server, plus loadgen's own ends.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # A hard stop whatever happens: the suite is bounded at 25 minutes.
-budget=$([ "$mode" = --quick ] && echo 360 || echo 1500)
+budget=$([ "$mode" = --quick ] && echo 300 || echo 1000)
+sbudget=$([ "$mode" = --quick ] && echo 120 || echo 450)
 timeout --signal=TERM --kill-after=20 "$budget" python3 "$root/bench/report/suite.py" $mode ||
   die "the suite failed or ran out of its ${budget} s (partial results in $REPORT_OUT)"
+python3 "$root/bench/report/loc.py" >"$REPORT_OUT/loc.txt" || die "loc.py failed"
 if [ "${REPORT_SCALE:-1}" = 1 ]; then
-  timeout --signal=TERM --kill-after=20 "$budget" python3 "$root/bench/report/scale.py" $mode ||
+  timeout --signal=TERM --kill-after=20 "$sbudget" python3 "$root/bench/report/scale.py" $mode ||
     die "the scale study failed (partial results in $REPORT_OUT)"
 fi
 echo "results and plots: $REPORT_OUT" >&2

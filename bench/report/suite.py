@@ -35,7 +35,8 @@ CMD = {
     "asyncio": [sys.executable, os.path.join(ROOT, "bench/ref/asyncio/herd_asyncio.py")],
     "tokio": [os.path.join(ROOT, "bench/ref/tokio/target/release/herd-tokio")],
 }
-IMPLS = ["herd", "asyncio", "tokio"]
+# REPORT_IMPLS=herd,asyncio runs a subset (for trying the script).
+IMPLS = (os.environ.get("REPORT_IMPLS") or "herd,asyncio,tokio").split(",")
 RSS_LIMIT_KIB = 3 * 1024 * 1024  # any child over 3 GiB is killed: a run must not threaten the host
 LOADGEN_AS = 4 << 30  # address-space cap for loadgen
 
@@ -334,10 +335,15 @@ def one_server(su, p, redis_port):
     res["max"] = mx
     for frac in (25, 50, 75):
         res["open"][frac] = {t: [] for t in targets}
+    # Also one rate for all: half the slowest reference's maximum, a load every server
+    # can carry, so the latencies compare at the same work.
+    common = max(100, int(min(mx[t] for t in IMPLS) / 2))
+    res["common_rate"] = common
+    res["open"]["common"] = {t: [] for t in targets}
     for rnd in range(max(1, p["rounds"] - 1)):
-        for frac in (25, 50, 75):
+        for frac in (25, 50, 75, "common"):
             for t in targets:
-                rate = max(100, int(mx[t] * frac / 100))
+                rate = common if frac == "common" else max(100, int(mx[t] * frac / 100))
                 log(f"open loop round {rnd + 1} {frac}% = {rate}/s: {t}")
                 r = su.loadgen(load(t) + ["-c", "50", "-d", "16", "--rate", str(rate),
                                           "--warmup", p["warm"], "--duration", p["open_dur"]],
@@ -691,6 +697,9 @@ def plots(res, out):
     bars([f"open{f}_p99_ms" for f in (25, 50, 75)] + [f"open{f}_p99_9_ms" for f in (25, 50, 75)],
          ["p99 @25%", "p99 @50%", "p99 @75%", "p99.9 @25%", "p99.9 @50%", "p99.9 @75%"],
          "Open loop at a share of each server's own maximum", "ms", "open_loop.svg")
+    bars(["opencommon_p99_ms", "opencommon_p99_9_ms"], ["p99", "p99.9"],
+         f"Open loop, every server at the same {res['one_server']['common_rate']} requests/s",
+         "ms", "open_common.svg")
     bars(["five_p1_tput", "five_p16_tput"], ["pipeline 1", "pipeline 16"],
          "Five-server herd, flooding: throughput", "requests/s", "five_throughput.svg")
     bars(["five_prop_idle_p50_ms", "five_prop_idle_p99_ms", "five_prop_load_p50_ms", "five_prop_load_p99_ms"],

@@ -45,7 +45,7 @@ QUICK = {
     "prop_trials": 20, "idle": 10000, "kill_rounds": 1,
 }
 FULL = {
-    "rounds": 3, "dur": "3s", "warm": "1s", "open_dur": "3s", "herd5_rounds": 2,
+    "rounds": 4, "dur": "3s", "warm": "1s", "open_dur": "3s", "herd5_rounds": 2,
     "prop_trials": 50, "idle": 10000, "kill_rounds": 2,
 }
 

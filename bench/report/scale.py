@@ -192,14 +192,29 @@ def solve3(rows, ys):
     return out
 
 
+def fit2(xs, ys):
+    """Least squares for y = p*x1 + q*x2 (through the origin), 2x2 normal equations."""
+    a11 = sum(x[0] * x[0] for x in xs)
+    a12 = sum(x[0] * x[1] for x in xs)
+    a22 = sum(x[1] * x[1] for x in xs)
+    b1 = sum(x[0] * y for x, y in zip(xs, ys))
+    b2 = sum(x[1] * y for x, y in zip(xs, ys))
+    d = a11 * a22 - a12 * a12
+    if abs(d) < 1e-12:
+        return 0.0, (b2 / a22 if a22 else 0.0)
+    return (b1 * a22 - b2 * a12) / d, (a11 * b2 - a12 * b1) / d
+
+
 def model(runs):
-    """Calibrates: CPU per update = k x messages (through the origin, each hop's read,
-    compare, log and write); spread p50 = a + b x diameter + c x max degree (a hop costs a
-    wake-up and a write per neighbour). Projects 100 and 500 servers."""
+    """Calibrates CPU per update = alpha x servers + beta x messages (each server reached
+    pays a wake-up, a log line and a flush; each message a read, a compare and a write)
+    and spread p50 = a + b x diameter + c x max degree (a hop costs a wake-up, a server
+    writes to its neighbours one after another). Projects 100 and 500 servers, and the
+    herd-wide update rate at which the busiest server's one core is full."""
+    import math
     pts = [r for r in runs if r["spread_p50_ms"] is not None]
-    num = sum(r["cpu_us_per_update"] * r["messages_per_update"] for r in runs)
-    den = sum(r["messages_per_update"] ** 2 for r in runs)
-    k = num / den if den else 0.0  # us of CPU per message, least squares through 0
+    alpha, beta = fit2([(r["servers"], r["messages_per_update"]) for r in runs],
+                       [r["cpu_us_per_update"] for r in runs])
     a, b, c = solve3([(r["diameter"], r["max_degree"]) for r in pts], [r["spread_p50_ms"] for r in pts])
     rec = sum(r["bytes_per_update"] for r in runs) / max(1, sum(r["messages_per_update"] for r in runs))
     proj = []
@@ -208,23 +223,20 @@ def model(runs):
             if topo == "ring":
                 e, dia, dmax = n, n // 2, 2
             elif topo == "random3":
-                import math
                 e, dia, dmax = 3 * n // 2, max(2, round(math.log(n) / math.log(2)) + 1), 3
             else:
                 e, dia, dmax = n * (n - 1) // 2, 1, n - 1
             m = 2 * e - (n - 1)
-            cpu = k * m
-            # The update rate the whole herd can take before the busiest server's one core
-            # is full: each update costs every server about (its degree) messages.
-            per_server_us = k * dmax
-            herd_rate = 1e6 / per_server_us if per_server_us else None
+            # Every update costs every server one wake-up and about its degree in messages.
+            per_server_us = alpha + beta * dmax
             proj.append({"servers": n, "topology": topo, "edges": e, "diameter": dia,
                          "messages_per_update": m, "bytes_per_update": m * rec,
                          "spread_p50_ms": a + b * dia + c * dmax,
-                         "cpu_us_per_update": cpu,
-                         "max_herd_updates_per_s": herd_rate,
+                         "cpu_us_per_update": alpha * n + beta * m,
+                         "max_herd_updates_per_s": 1e6 / per_server_us if per_server_us > 0 else None,
                          "links_per_server": dmax})
-    return {"cpu_us_per_message": k, "spread_fit_ms": {"a": a, "per_hop": b, "per_degree": c},
+    return {"cpu_us_per_server": alpha, "cpu_us_per_message": beta,
+            "spread_fit_ms": {"a": a, "per_hop": b, "per_degree": c},
             "bytes_per_message": rec, "projection": proj}
 
 
@@ -236,8 +248,13 @@ def main():
     os.chdir(out)
     su = suite.Suite(out, {})
     runs = []
+    if "--model-only" in sys.argv:
+        # Refits the model (and redraws) from the runs of an earlier scale.json.
+        with open(os.path.join(out, "scale.json")) as f:
+            old = json.load(f)
+        runs, updates, rate = old["runs"], old["updates_per_run"], old["rate_per_s"]
     try:
-        for n in SIZES:
+        for n in SIZES if not runs else []:
             for topo in TOPOS:
                 runs.append(run_one(su, topo, n, updates, rate))
     finally:
@@ -269,7 +286,7 @@ def main():
               f"{r['messages_per_update']:>9.1f} {r['flood_formula']:>7} {r['bytes_per_update']:>9.0f} "
               f"{suite.fmt(r['spread_p50_ms']):>7} {suite.fmt(r['spread_p99_ms']):>7} "
               f"{r['cpu_us_per_update']:>10.0f} {r['incomplete']:>10}")
-    print(f"model: {m['cpu_us_per_message']:.2f} us CPU per message; spread p50 = "
+    print(f"model: {m['cpu_us_per_server']:.1f} us CPU per server reached + {m['cpu_us_per_message']:.2f} us per message; spread p50 = "
           f"{m['spread_fit_ms']['a']:.3f} + {m['spread_fit_ms']['per_hop']:.3f} x hops + "
           f"{m['spread_fit_ms']['per_degree']:.4f} x degree ms; {m['bytes_per_message']:.0f} B/message")
     for p in proj:

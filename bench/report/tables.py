@@ -6,6 +6,7 @@ numbers are pasted from this output, so each can be traced to that run's files.
 
 import json
 import os
+import statistics
 import sys
 
 from suite import fmt
@@ -76,6 +77,17 @@ for f in (25, 50, 75, "common"):
     rows += [(f"open{f}_p99_ms", f"p99 at {f}{'%' if f != 'common' else ''}"),
              (f"open{f}_p99_9_ms", f"p99.9 at {f}{'%' if f != 'common' else ''}")]
 table(rows)
+print("loadgen's own send lateness in the same runs (p99, ms; median over rounds): a request "
+      "sent this late was waiting for loadgen, i.e. for a core, not for the server:\n")
+print("| rate | " + " | ".join(ORDER) + " |\n|---|" + "---:|" * len(ORDER))
+for f in ("25", "50", "75", "common"):
+    runs = R["one_server"]["open"][f]
+    cells = []
+    for t in ORDER:
+        xs = sorted(r["send_lateness_us"]["p99"] / 1000 for r in runs.get(t, []) if "send_lateness_us" in r)
+        cells.append(fmt(statistics.median(xs)) if xs else "–")
+    print(f"| {f}{'%' if f != 'common' else ''} | " + " | ".join(cells) + " |")
+print()
 print("Rates used (req/s): " + "; ".join(
     f"{f}%: " + ", ".join(f"{t} {v}" for t, v in S[f"open{f}_rate"].items()) for f in (25, 50, 75)) + "\n")
 print("Five-server herd (herd.yml's topology, every server loaded, records flooding):\n")
@@ -112,7 +124,8 @@ if SC:
               f"{fmt(r['spread_p50_ms'])} | {fmt(r['spread_p99_ms'])} | {r['cpu_us_per_update']:.0f} | "
               f"{r['incomplete']} |")
     mo = SC["model"]
-    print(f"\nModel: {mo['cpu_us_per_message']:.2f} µs of CPU per message (fit through 0); spread p50 ≈ "
+    print(f"\nModel: CPU per update ≈ {mo['cpu_us_per_server']:.1f} µs × servers + "
+          f"{mo['cpu_us_per_message']:.2f} µs × messages; spread p50 ≈ "
           f"{mo['spread_fit_ms']['a']:.3f} + {mo['spread_fit_ms']['per_hop']:.3f}·hops + "
           f"{mo['spread_fit_ms']['per_degree']:.4f}·degree ms; {mo['bytes_per_message']:.0f} B per message.\n")
     print("| servers | topology | msgs/update | KiB/update | spread p50 (ms) | CPU/update (ms) | "
@@ -124,6 +137,11 @@ if SC:
                   f"{p['bytes_per_update'] / 1024:.1f} | {p['spread_p50_ms']:.2f} | "
                   f"{p['cpu_us_per_update'] / 1000:.2f} | {fmt(p['max_herd_updates_per_s'])} |")
     print()
+    b = mo["bytes_per_message"]
+    print("Full-table sync when a link comes up (both directions send the whole table): "
+          + "; ".join(f"{c:,} clients = {c * b / 2**20:.1f} MiB per link direction" for c in (10_000, 1_000_000))
+          + f"; a restarted server of degree 3 in a 1,000,000-client herd receives "
+          f"{3 * 1_000_000 * b / 2**20:.0f} MiB, one of a 500-server mesh {499 * 1_000_000 * b / 2**30:.1f} GiB.\n")
 try:
     L = json.load(open(os.path.join(out, "loc.json")))
     print("Lines of code per concern (non-blank, non-comment; herd's unit tests left out):\n")

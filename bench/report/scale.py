@@ -170,7 +170,6 @@ def run_one(su, topo, n, updates, rate):
 
 def solve3(rows, ys):
     """Least squares for y = a + b*x1 + c*x2 (normal equations, 3x3, Cramer)."""
-    import itertools
     X = [[1.0, r[0], r[1]] for r in rows]
     A = [[sum(X[k][i] * X[k][j] for k in range(len(X))) for j in range(3)] for i in range(3)]
     B = [sum(X[k][i] * ys[k] for k in range(len(X))) for i in range(3)]
@@ -188,7 +187,6 @@ def solve3(rows, ys):
         for r_, b in zip(m, B):
             r_[i] = b
         out.append(det(m) / d)
-    del itertools
     return out
 
 

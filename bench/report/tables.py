@@ -47,7 +47,7 @@ print(f"Run: commit `{R['commit']}`, {R['mode']} mode, started {R['started_utc']
       f"{' / '.join(f'{x:.1f}' for x in m['loadavg_start'])} at the start, "
       f"{' / '.join(f'{x:.1f}' for x in R['loadavg_end'])} at the end; watchdog kills: "
       f"{R['watchdog_kills'] or 'none'}.\n")
-print("One server, closed loop, 50 connections (median of rounds; (×) = ratio to herd):\n")
+print("One server, closed loop, 50 connections (median of rounds; (×) = its median over herd's):\n")
 table([("closed_p1_tput", "throughput, pipeline 1 (req/s)"),
        ("closed_p1_p50_ms", "p50, pipeline 1 (ms)"),
        ("closed_p1_p99_ms", "p99, pipeline 1 (ms)"),

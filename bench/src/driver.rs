@@ -633,8 +633,26 @@ impl Driver {
         } else {
             self.s.pipeline
         };
+        self.push_slots(i, depth);
+    }
+
+    /// Queues `depth` slots for connection `i`, which has just opened. A connection that
+    /// went down leaves its slots queued until they are popped, and the open loop pops only
+    /// as requests fall due: against a server that accepts and closes at once (at its
+    /// connection limit, or restarting) every reconnect added `depth` dead slots, without
+    /// bound. So once the queue holds more than every connection's full depth, the dead
+    /// slots are swept out; live ones are never more than that.
+    fn push_slots(&mut self, i: usize, depth: usize) {
+        if self.free.len() + depth > self.conns.len() * depth {
+            let conns = &self.conns;
+            self.free.retain(|&(j, g)| {
+                let c = &conns[j as usize];
+                c.generation == g && c.state == State::Open && j as usize != i
+            });
+        }
+        let generation = self.conns[i].generation;
         for _ in 0..depth {
-            self.free.push_back((i as u32, c.generation));
+            self.free.push_back((i as u32, generation));
         }
     }
 
@@ -1060,6 +1078,35 @@ mod tests {
         assert_eq!(ok, 0);
         assert!(f.errors.timeout >= 3 * 4, "{:?}", f.errors);
         assert!(!f.aborted);
+    }
+
+    #[test]
+    fn a_flapping_connection_does_not_grow_the_slot_queue() {
+        let mut s = settings(Workload::Iamat);
+        s.rate = Some(10.0);
+        let addr: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let plan = Plan {
+            thread: 0,
+            conns: vec![(addr, 0); 3],
+            partitions: vec![Partition {
+                first: 0,
+                stride: 1,
+                count: 30,
+            }],
+        };
+        let mut d = Driver::new(plan, Arc::new(s)).expect("driver");
+        for i in 0..3 {
+            d.conns[i].state = State::Open;
+            d.push_slots(i, 4);
+        }
+        // Connection 0 opens and fails ten thousand times while nothing is popped.
+        for _ in 0..10_000 {
+            d.conns[0].generation = d.conns[0].generation.wrapping_add(1);
+            d.push_slots(0, 4);
+        }
+        assert!(d.free.len() <= 3 * 4, "{} slots queued", d.free.len());
+        let live = |d: &Driver, i: u32| d.free.iter().filter(|&&(j, _)| j == i).count();
+        assert_eq!((live(&d, 0), live(&d, 1), live(&d, 2)), (4, 4, 4));
     }
 
     #[test]

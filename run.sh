@@ -23,7 +23,7 @@ background, and waits until each one listens on its client port.
 A server that is already running is left alone and named. One that fails to start is
 named with its error; the others are still started, and the exit status is then 1.
 PID files and each server's stderr go to run/; logs to the config's log.dir.
-The first run builds target/release/herd (about a minute); later runs rebuild only when
+The first run builds target/release/herd (a few minutes on a small machine); later runs rebuild only when
 the sources changed. Stop the herd with ./stop.sh.
 
 Environment:
@@ -49,7 +49,7 @@ if [ -n "${HERD_BIN:-}" ]; then
   [ -x "$bin" ] || die "HERD_BIN=$bin is not an executable"
 elif [ ! -x "$bin" ]; then
   command -v cargo >/dev/null || die "cargo is not installed (see https://rustup.rs)"
-  echo "building herd (release, about a minute the first time)..."
+  echo "building herd (release: a few minutes the first time on a small machine)..."
   (cd "$here" && cargo build --release --quiet --bin herd) || die "build failed"
 elif [ -n "$(find "$here/src" "$here/Cargo.toml" "$here/Cargo.lock" -newer "$bin" 2>/dev/null | head -n 1)" ]; then
   command -v cargo >/dev/null || die "cargo is not installed (see https://rustup.rs)"

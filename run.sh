@@ -74,22 +74,8 @@ mkdir -p "$run_dir"
 # Room for many client connections, as far as the hard limit allows.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# Alive means running: a zombie (state Z) or a dead process (X) has already exited.
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  case ${stat%% *} in Z | X) return 1 ;; esac
-}
-
-# The process started for server $2: alive, and its command line ends in that name. This
-# keeps a recycled PID (some other program now) from being taken for the server.
-is_server() {
-  alive "$1" || return 1
-  local args
-  args=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null) || return 1
-  [ "$(tail -n 1 <<<"$args")" = "$2" ] && grep -q herd <<<"$args"
-}
+# alive PID, is_server PID NAME
+. "$here/scripts/procs.sh"
 
 # Does process $1 itself own a socket listening on TCP port $2? The listening sockets'
 # inodes come from the process's own view of /proc/net (its network namespace), and one

@@ -33,21 +33,8 @@ for arg in "$@"; do
   esac
 done
 
-alive() {
-  local stat
-  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  stat=${stat##*) }
-  case ${stat%% *} in Z | X) return 1 ;; esac
-}
-
-# The process run.sh started for server $2 (its command line ends in that name), not a
-# recycled PID.
-is_server() {
-  alive "$1" || return 1
-  local args
-  args=$(tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null) || return 1
-  [ "$(tail -n 1 <<<"$args")" = "$2" ] && grep -q herd <<<"$args"
-}
+# alive PID, is_server PID NAME
+. "$here/scripts/procs.sh"
 
 recorded=()
 for f in "$run_dir"/*.pid; do [ -e "$f" ] && recorded+=("$(basename "$f" .pid)"); done

@@ -35,6 +35,7 @@ use serde_json::{Map, Number, Value, json};
 
 use crate::config::{self, Api};
 use crate::legacy_json;
+use crate::protocol::Radius;
 use sched::{Breaker, Bucket, CallId, Change, FairQueue, Lane};
 use stats::{PlacesCounters, PlacesStats};
 
@@ -84,13 +85,13 @@ pub trait Fair {
     fn connection(&self) -> u64;
 }
 
-/// What to look up. `radius_m` is the radius in metres as decimal text (exact, e.g.
-/// "10000", "500", "0.1").
+/// What to look up. The radius is protocol's checked `Radius`, whose metres are exact
+/// decimal text ("10000", "500", "0.1"), so nothing here checks it again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Query {
     pub lat: f64,
     pub lng: f64,
-    pub radius_m: String,
+    pub radius: Radius,
     pub bound: u8,
 }
 
@@ -100,7 +101,7 @@ pub struct Query {
 struct Same {
     lat: u64,
     lng: u64,
-    radius_m: String,
+    radius: Radius,
     bound: u8,
 }
 
@@ -109,7 +110,7 @@ impl Same {
         Same {
             lat: q.lat.to_bits(),
             lng: q.lng.to_bits(),
-            radius_m: q.radius_m.clone(),
+            radius: q.radius.clone(),
             bound: q.bound,
         }
     }
@@ -274,10 +275,6 @@ impl<T: Fair> Pool<T> {
         if let Some(doc) = &self.no_key {
             return Submit::Now(Arc::clone(doc));
         }
-        if radius_number(&query.radius_m).is_none() {
-            let msg = format!("radius `{}` is not a decimal number of metres", query.radius_m);
-            return Submit::Now(legacy_json::error_document("INVALID_REQUEST", &msg).into());
-        }
         let lane = tag.connection();
         let same = Same::of(&query);
         let counters = &self.shared.counters;
@@ -422,14 +419,13 @@ fn busy() -> Arc<str> {
     Arc::from(legacy_json::error_document("UNKNOWN_ERROR", msg))
 }
 
-/// `D+(.D+)?` as a JSON number, or None.
-fn radius_number(text: &str) -> Option<Number> {
-    let (int, frac) = text.split_once('.').unwrap_or((text, "0"));
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !(digits(int) && digits(frac)) {
-        return None;
-    }
-    text.parse().ok()
+/// The radius as a JSON number for searchNearby's body. `Radius::metres` is plain decimal
+/// text, which JSON reads exactly as written; the string form is only a fallback that
+/// cannot be reached, since nothing here may panic.
+fn radius_json(r: &Radius) -> Value {
+    r.metres()
+        .parse::<Number>()
+        .map_or_else(|_| Value::String(r.metres().into()), Value::Number)
 }
 
 /// The next job in fair order, or None once the pool stops. A job queued before the
@@ -538,7 +534,6 @@ enum Failure {
     Dropped,
     HostNotFound,
     TooLarge,
-    BadRadius(String),
     Transport(String),
     NotJson {
         http: u16,
@@ -563,10 +558,6 @@ impl fmt::Display for Failure {
             ),
             Failure::HostNotFound => write!(f, "Places request failed: host not found"),
             Failure::TooLarge => write!(f, "Places request failed: answer larger than {MAX_BODY} bytes"),
-            Failure::BadRadius(r) => write!(
-                f,
-                "Places request not sent: radius `{r}` is not a decimal number of metres"
-            ),
             Failure::Transport(m) => write!(f, "Places request failed: {m}"),
             Failure::NotJson { http } => {
                 write!(f, "Places answered HTTP {http} with a body that is not JSON")
@@ -679,7 +670,7 @@ impl Upstream {
             "places {api} {},{} radius {} m bound {}: {status}{note}, {found} results, {} ms{tries}",
             q.lat,
             q.lng,
-            q.radius_m,
+            q.radius.metres(),
             q.bound,
             took.as_millis()
         );
@@ -726,7 +717,7 @@ impl Upstream {
             self.base,
             q.lat,
             q.lng,
-            q.radius_m,
+            q.radius.metres(),
             encode(&self.key)
         );
         let request = self.agent.get(&url).config().timeout_global(Some(budget)).build();
@@ -734,7 +725,7 @@ impl Upstream {
     }
 
     fn new_request(&self, q: &Query, budget: Duration) -> Result<(u16, Vec<u8>), Failure> {
-        let radius = radius_number(&q.radius_m).ok_or_else(|| Failure::BadRadius(q.radius_m.clone()))?;
+        let radius = radius_json(&q.radius);
         let body = json!({
             "maxResultCount": q.bound,
             "locationRestriction": {
@@ -963,11 +954,15 @@ mod tests {
         Upstream::new(&cfg(api, &stub.url()), KEY.into())
     }
 
+    fn radius_km(text: &str) -> Radius {
+        Radius::parse(text.as_bytes()).expect("a valid radius")
+    }
+
     fn query(bound: u8) -> Query {
         Query {
             lat: 34.06893,
             lng: -118.445127,
-            radius_m: "10000".into(),
+            radius: radius_km("10"),
             bound,
         }
     }
@@ -1171,10 +1166,6 @@ mod tests {
                 "Places request failed: answer larger than 4194304 bytes",
             ),
             (
-                Failure::BadRadius("1e3".into()),
-                "Places request not sent: radius `1e3` is not a decimal number of metres",
-            ),
-            (
                 Failure::Transport("tls: bad cert".into()),
                 "Places request failed: tls: bad cert",
             ),
@@ -1193,15 +1184,14 @@ mod tests {
     }
 
     #[test]
-    fn radius_must_be_plain_decimal() {
-        assert_eq!(
-            radius_number("10000").map(|n| n.to_string()),
-            Some("10000".into())
-        );
-        assert_eq!(radius_number("0.1").map(|n| n.to_string()), Some("0.1".into()));
-        assert_eq!(radius_number("12.50").map(|n| n.to_string()), Some("12.5".into()));
-        for bad in ["", ".5", "5.", "-1", "1e3", "+3", " 1", "1,5", "NaN"] {
-            assert_eq!(radius_number(bad), None, "{bad:?}");
+    fn the_radius_goes_into_json_as_the_exact_number_of_metres() {
+        for (km, json) in [
+            ("10", "10000"),
+            ("0.0001", "0.1"),
+            ("12.5", "12500"),
+            ("0.0125", "12.5"),
+        ] {
+            assert_eq!(radius_json(&radius_km(km)).to_string(), json, "{km} km");
         }
     }
 
@@ -1299,16 +1289,6 @@ mod tests {
         }
         thread::sleep(Duration::from_millis(50));
         assert!(stub.requests().is_empty());
-    }
-
-    #[test]
-    fn a_radius_that_is_not_decimal_is_invalid_request() {
-        let r = reactor();
-        let mut p: Pool<u32> = pool(&r, Api::New, "http://127.0.0.1:9", Some(KEY), 1, 4);
-        let mut q = query(5);
-        q.radius_m = "1e4".into();
-        let doc = now(p.submit(1, q));
-        assert_eq!(status(&doc), "INVALID_REQUEST");
     }
 
     // ---- the pool against the stub ----
@@ -1704,7 +1684,7 @@ mod tests {
         let stub = PlacesStub::start();
         let up = upstream(Api::Legacy, &stub);
         let mut q = query(5);
-        q.radius_m = "0.1".into();
+        q.radius = radius_km("0.0001");
         checked(&up.answer(&q));
         let reqs = stub.requests();
         assert_eq!(reqs.len(), 1);
@@ -1824,7 +1804,7 @@ mod tests {
         let stub = PlacesStub::start();
         let up = upstream(Api::New, &stub);
         let mut q = query(7);
-        q.radius_m = "0.1".into();
+        q.radius = radius_km("0.0001");
         checked(&up.answer(&q));
         checked(&up.answer(&query(20)));
         let reqs = stub.requests();

@@ -271,7 +271,7 @@ impl Location {
 
 /// A WHATSAT radius, 0 < r <= 50 km. Metres are kept as exact decimal text because that
 /// is what goes into the upstream URL.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Radius {
     metres: String,
 }

@@ -221,7 +221,7 @@ impl Session {
                 let query = places::Query {
                     lat: location.lat,
                     lng: location.lng,
-                    radius_m: req.radius.metres().to_string(),
+                    radius: req.radius,
                     bound: req.bound,
                 };
                 let at_line = record.line.clone();

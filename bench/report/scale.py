@@ -225,8 +225,10 @@ def model(runs):
             else:
                 e, dia, dmax = n * (n - 1) // 2, 1, n - 1
             m = 2 * e - (n - 1)
-            # Every update costs every server one wake-up and about its degree in messages.
-            per_server_us = alpha + beta * dmax
+            # Every update costs every server one wake-up and its share of the messages:
+            # m / n of them (each server forwards to all its neighbours but the sender),
+            # which on these regular graphs is every server's own load.
+            per_server_us = alpha + beta * m / n
             proj.append({"servers": n, "topology": topo, "edges": e, "diameter": dia,
                          "messages_per_update": m, "bytes_per_update": m * rec,
                          "spread_p50_ms": a + b * dia + c * dmax,

@@ -664,7 +664,7 @@ fn validate_servers(raw: Vec<(String, RawServer)>, default_admin_host: &str) -> 
             if port == Some(0) {
                 return Err(Problem::invalid(
                     format!("servers.{name}.{key}"),
-                    "port 0 is not allowed (neighbours must know where to dial)",
+                    "port 0 is not allowed (a fixed port is needed to reach it)",
                 ));
             }
         }

@@ -142,6 +142,10 @@ impl LogFile {
 
     /// Goes on in a file newly opened at `path`; the old one is finished off by the helper.
     fn switch(&mut self) -> io::Result<()> {
+        // The directory may have gone with the old file (SPEC §1: created if missing).
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir)?;
+        }
         let file = open_append(&self.path)?;
         let end = file.metadata()?.len();
         let old = std::mem::replace(&mut self.file, Arc::new(file));
@@ -671,6 +675,20 @@ mod tests {
         reopen.store(true, Ordering::Relaxed);
         log.write_all(b"again\n").expect("write");
         assert_eq!(dir.read("Campbell.log"), "after\nagain\n");
+    }
+
+    #[test]
+    fn a_reopen_after_the_directory_was_removed_makes_it_again() {
+        let dir = TestDir::new("log-reopen-dir");
+        let path = dir.0.join("sub").join("Clark.log");
+        std::fs::create_dir_all(dir.0.join("sub")).expect("dir");
+        let reopen = flag();
+        let mut log = LogFile::with_chunk(path.clone(), NEVER, reopen, 1 << 20).expect("log file");
+        log.write_all(b"before\n").expect("write");
+        std::fs::remove_dir_all(dir.0.join("sub")).expect("remove");
+        reopen.store(true, Ordering::Relaxed);
+        log.write_all(b"after\n").expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("recreated"), "after\n");
     }
 
     #[test]

@@ -145,14 +145,11 @@ fn write_whatsat_reply(at_line: &[u8], json: &str, out: &mut Vec<u8>) {
 /// once, `None` when it was logged as waiting.
 fn answer_whatsat(peer: &str, received: Option<&[u8]>, at_line: &[u8], json: &str, out: &mut Vec<u8>) {
     write_whatsat_reply(at_line, json, out);
-    let n = json.len();
+    // The reply as sent (SPEC §4), cut at 256 bytes and marked with its length like any
+    // logged text (§7): the AT line and the head of the JSON.
     match received {
-        Some(line) => info!(
-            "{peer} recv: {} | sent: {} (+{n} bytes of JSON)",
-            Shown(line),
-            Shown(at_line)
-        ),
-        None => info!("{peer} sent: {} (+{n} bytes of JSON)", Shown(at_line)),
+        Some(line) => info!("{peer} recv: {} | sent: {}", Shown(line), Shown(out)),
+        None => info!("{peer} sent: {}", Shown(out)),
     }
 }
 

@@ -175,52 +175,67 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".into())
 }
 
-/// Runs one thread's share of the inputs: every `threads`-th index from `first`.
+/// Runs one thread's share of the inputs: every `threads`-th block of `RESET_EVERY`
+/// indices from block `first`. Each block starts from a fresh state, so what input `i`
+/// meets depends only on the inputs before it in its block, not on the thread count.
 fn run_share<S, I: fmt::Debug>(t: &Target<S, I>, set: &Settings, first: u64, started: Instant) -> Report {
     let mut report = Report::default();
-    let mut state = (t.make)();
-    let mut since_reset = 0u64;
-    let step = set.threads as u64;
-    let mut i = set.from + first;
-    while i < set.from + set.n {
-        if since_reset == RESET_EVERY {
-            state = (t.make)();
-            since_reset = 0;
-            if set.budget.is_some_and(|b| started.elapsed() > b) {
-                break;
-            }
+    let end = set.from.saturating_add(set.n);
+    let mut block = set.from / RESET_EVERY + first;
+    loop {
+        let start = (block * RESET_EVERY).max(set.from);
+        if start >= end || set.budget.is_some_and(|b| started.elapsed() > b) {
+            break;
         }
-        since_reset += 1;
-        let input = (t.generate)(&mut Rng::for_input(set.seed, t.name, i));
-        let began = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| (t.check)(&mut state, &input)));
-        report.slowest = report.slowest.max((began.elapsed(), i));
-        report.done += 1;
-        let failure = match outcome {
-            Ok(Ok(kind)) => {
-                report.count(kind, 1);
-                None
-            }
-            Ok(Err(why)) => Some(why),
-            Err(payload) => {
+        let stop = ((block + 1) * RESET_EVERY).min(end);
+        let mut state = (t.make)();
+        for i in start..stop {
+            if let Some(why) = run_one(t, set, i, &mut state, &mut report) {
                 // A panic may have left the state half-changed: start afresh.
-                state = (t.make)();
-                since_reset = 0;
-                Some(format!("panic: {}", panic_text(payload.as_ref())))
-            }
-        };
-        if let Some(why) = failure {
-            report.failed += 1;
-            if report.failures.len() < SHOWN_FAILURES {
-                let input = format!("{input:?}");
-                report
-                    .failures
-                    .push(format!("input #{i}: {}\n    input: {}", cut(&why), cut(&input)));
+                if why.starts_with("panic") {
+                    state = (t.make)();
+                }
+                report.failed += 1;
+                if report.failures.len() < SHOWN_FAILURES {
+                    let from = i - i % RESET_EVERY;
+                    report.failures.push(format!(
+                        "input #{i} (HERD_FUZZ_FROM={from} HERD_FUZZ_N={}): {why}",
+                        i - from + 1
+                    ));
+                }
             }
         }
-        i += step;
+        block += set.threads as u64;
     }
     report
+}
+
+/// Input `i`: generated, checked, counted. Returns what failed, with the input.
+fn run_one<S, I: fmt::Debug>(
+    t: &Target<S, I>,
+    set: &Settings,
+    i: u64,
+    state: &mut S,
+    report: &mut Report,
+) -> Option<String> {
+    let input = (t.generate)(&mut Rng::for_input(set.seed, t.name, i));
+    let began = Instant::now();
+    let outcome = catch_unwind(AssertUnwindSafe(|| (t.check)(state, &input)));
+    report.slowest = report.slowest.max((began.elapsed(), i));
+    report.done += 1;
+    let why = match outcome {
+        Ok(Ok(kind)) => {
+            report.count(kind, 1);
+            return None;
+        }
+        Ok(Err(why)) => why,
+        Err(payload) => format!("panic: {}", panic_text(payload.as_ref())),
+    };
+    Some(format!(
+        "{}\n    input: {}",
+        cut(&why),
+        cut(&format!("{input:?}"))
+    ))
 }
 
 /// At most 1,000 characters of a failure text: the input can be regenerated in full.
@@ -273,7 +288,7 @@ where
     }
     assert!(
         report.failed == 0 && report.failures.is_empty(),
-        "fuzz {}: {} failures (rerun one with HERD_FUZZ_SEED={} HERD_FUZZ_FROM=<input> HERD_FUZZ_N=1)",
+        "fuzz {}: {} failures (rerun with HERD_FUZZ_SEED={} and the FROM and N shown)",
         t.name,
         report.failed,
         set.seed
@@ -348,6 +363,19 @@ fn decimal(r: &mut Rng, limit: u64, out: &mut Vec<u8>) {
 
 fn location(r: &mut Rng, out: &mut Vec<u8>) {
     const SIGNS: &[u8] = b"+-+-+-+-x";
+    if !r.one_in(3) {
+        // Mostly in range, so that records win and replies are AT lines.
+        for limit in [90, 180] {
+            out.push(if r.one_in(2) { b'+' } else { b'-' });
+            out.extend_from_slice(r.below(limit).to_string().as_bytes());
+            if !r.one_in(4) {
+                out.push(b'.');
+                let n = 1 + r.below(8);
+                r.digits(n, out);
+            }
+        }
+        return;
+    }
     out.push(*r.pick(SIGNS));
     decimal(r, 90, out);
     out.push(*r.pick(SIGNS));
@@ -945,7 +973,9 @@ fn gen_peer(r: &mut Rng) -> PeerInput {
 }
 
 fn at_text(r: &mut Rng, out: &mut Vec<u8>) {
-    const ORIGINS: &[&[u8]] = &[b"Fuzz", b"Alpha", b"Beta", b"Alpha", b"Gamma", b"alpha", b"\xff"];
+    const ORIGINS: &[&[u8]] = &[
+        b"Fuzz", b"Alpha", b"Beta", b"Alpha", b"Beta", b"Fuzz", b"Gamma", b"alpha", b"\xff",
+    ];
     if r.one_in(4) {
         blank(r, out);
     }
@@ -954,7 +984,7 @@ fn at_text(r: &mut Rng, out: &mut Vec<u8>) {
     let origin = *r.pick(ORIGINS);
     out.extend_from_slice(origin);
     blank(r, out);
-    out.push(*r.pick(b"+-+-x"));
+    out.push(*r.pick(b"+-+-+-+-x"));
     if r.one_in(10) {
         {
             let n = 1 + r.below(25);
@@ -1077,7 +1107,7 @@ fn gen_config(r: &mut Rng) -> Yaml {
         2 => String::from_utf8_lossy(&random_bytes(r, 200)).into_owned(),
         _ => herd_yaml(r),
     };
-    if r.one_in(2) {
+    if r.one_in(3) {
         let mut bytes = text.into_bytes();
         mutate(r, &mut bytes);
         if r.one_in(3) {
@@ -1206,16 +1236,21 @@ fn herd_yaml(r: &mut Rng) -> String {
             ("neighbours".into(), format!("[{}]", nbrs.join(", "))),
         ];
         if r.one_in(3) {
-            keys.push(("host".into(), scalar(r)));
+            let host = if r.one_in(4) {
+                scalar(r)
+            } else {
+                "127.0.0.1".into()
+            };
+            keys.push(("host".into(), host));
         }
         if r.one_in(3) {
             keys.push(("admin_port".into(), (30_000 + k).to_string()));
         }
-        if r.one_in(6) {
+        if r.one_in(12) {
             let k = r.below(keys.len());
             keys[k].1 = scalar(r);
         }
-        if r.one_in(10) {
+        if r.one_in(20) {
             keys.push((r.pick(&["admin_host", "colour", "port"]).to_string(), scalar(r)));
         }
         if flow {
@@ -1252,13 +1287,19 @@ fn herd_yaml(r: &mut Rng) -> String {
         ("extra", &["x"]),
     ];
     for (section, keys) in SECTIONS {
-        if !r.one_in(3) {
+        let unknown = *section == "extra";
+        if !r.one_in(if unknown { 20 } else { 3 }) {
             continue;
         }
         let _ = writeln!(t, "{section}:");
         for key in *keys {
             if r.one_in(2) {
-                let _ = writeln!(t, "  {key}: {}", scalar(r));
+                let value = if r.one_in(5) {
+                    scalar(r)
+                } else {
+                    good(key).to_string()
+                };
+                let _ = writeln!(t, "  {key}: {value}");
             }
         }
         if r.one_in(10) {
@@ -1266,6 +1307,23 @@ fn herd_yaml(r: &mut Rng) -> String {
         }
     }
     t
+}
+
+/// A value `key` accepts, so that most herds load and reach validation's later checks.
+fn good(key: &str) -> &'static str {
+    match key {
+        "api" => "legacy",
+        "url" => "http://127.0.0.1:1",
+        "key_env" => "HERD_FUZZ_KEY",
+        "timeout_ms" => "1000",
+        "workers" => "2",
+        "dir" => "logs",
+        "level" => "debug",
+        "max_line" => "8192",
+        "dead_after_ms" => "5000",
+        "ca" | "cert" | "key" => "'tls/{name}.pem'",
+        _ => "30",
+    }
 }
 
 /// Nesting around the depth cap, in flow or block style.
@@ -1657,7 +1715,7 @@ fn a_failing_check_is_reported_not_hidden() {
     let bad: Target<(), u64> = Target {
         name: "bad",
         make: || (),
-        generate: |r| r.next() % 10,
+        generate: |r| r.next() % 100,
         check: |_, &n| match n {
             0 => panic!("boom"),
             1 => Err("wrong".into()),

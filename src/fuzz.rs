@@ -527,13 +527,22 @@ mod reference {
         !s.is_empty() && s.iter().all(u8::is_ascii_digit) && at_most(s, b"", "20")
     }
 
-    /// The signed difference in nanoseconds, if the text has `write_diff`'s shape.
+    /// `write_diff`'s shape, `[+-]D+.DDDDDDDDD`, with any number of integer digits: a
+    /// diff is copied, never computed with.
+    fn is_diff(s: &[u8]) -> bool {
+        match s.split_first() {
+            Some((b'+' | b'-', rest)) => decimal(rest).is_some_and(|(_, frac)| frac.len() == 9),
+            _ => false,
+        }
+    }
+
+    /// The signed difference in nanoseconds, if the text is a diff that fits an i128.
     pub fn diff(s: &[u8]) -> Option<i128> {
-        let (&sign, rest) = s.split_first()?;
-        let (int, frac) = decimal(rest)?;
-        if !(sign == b'+' || sign == b'-') || frac.len() != 9 {
+        if !is_diff(s) {
             return None;
         }
+        let (&sign, rest) = s.split_first()?;
+        let (int, frac) = decimal(rest)?;
         let int: i128 = std::str::from_utf8(int).ok()?.parse().ok()?;
         let frac: i128 = std::str::from_utf8(frac).ok()?.parse().ok()?;
         let v = int.checked_mul(1_000_000_000)?.checked_add(frac)?;
@@ -566,7 +575,7 @@ mod reference {
     /// Whether the line is a well-formed record (server not checked).
     pub fn at_record(line: &[u8]) -> bool {
         match fields(line).as_slice() {
-            [b"AT", _, d, _, l, t] => diff(d).is_some() && location(l) && time(t).is_some(),
+            [b"AT", _, d, _, l, t] => is_diff(d) && location(l) && time(t).is_some(),
             _ => false,
         }
     }
@@ -1534,7 +1543,8 @@ fn new_answer(r: &mut Rng) -> Value {
     if r.one_in(10) {
         return json!({});
     }
-    let places: Vec<Value> = (0..r.below(25)).map(|_| new_place(r)).collect();
+    let n = if r.one_in(8) { r.below(25) } else { r.below(5) };
+    let places: Vec<Value> = (0..n).map(|_| new_place(r)).collect();
     let places = maybe_wrong(r, Value::Array(places));
     json!({ "places": places })
 }
@@ -1562,7 +1572,8 @@ fn legacy_answer(r: &mut Rng) -> Value {
         doc.insert("next_page_token".into(), json!(text(r)));
     }
     if !r.one_in(6) {
-        let results: Vec<Value> = (0..r.below(25)).map(|_| random_value(r, 3)).collect();
+        let n = if r.one_in(8) { r.below(25) } else { r.below(5) };
+        let results: Vec<Value> = (0..n).map(|_| random_value(r, 3)).collect();
         doc.insert("results".into(), maybe_wrong(r, Value::Array(results)));
     }
     if !r.one_in(8) {

@@ -1414,29 +1414,32 @@ struct PlacesInput {
 }
 
 fn gen_places(r: &mut Rng) -> PlacesInput {
-    const CODES: &[u16] = &[200, 200, 200, 200, 204, 400, 401, 403, 404, 429, 500, 503];
+    const CODES: &[u16] = &[204, 400, 401, 403, 404, 429, 500, 503];
     let api = if r.one_in(2) { Api::New } else { Api::Legacy };
-    let http = if r.one_in(10) {
-        100 + r.below(500) as u16
-    } else {
-        *r.pick(CODES)
+    // Mostly the answer that API gives with HTTP 200, so the mapping itself is exercised;
+    // the rest are error envelopes, the other API's answer, any JSON, any code.
+    let http = match r.below(10) {
+        0 => 100 + r.below(500) as u16,
+        1..=2 => *r.pick(CODES),
+        _ => 200,
     };
     let bound = if r.one_in(10) { 0 } else { 1 + r.below(20) as u8 };
-    let doc = match r.below(8) {
-        0..=2 => new_answer(r),
-        3 => error_envelope(r),
-        4..=5 => legacy_answer(r),
-        _ => random_value(r, 4),
+    let doc = match (r.below(10), api) {
+        (0, _) => error_envelope(r),
+        (1, _) => random_value(r, 4),
+        (2, Api::New) | (3..=9, Api::Legacy) => legacy_answer(r),
+        (2, Api::Legacy) | (3..=9, Api::New) => new_answer(r),
+        _ => Value::Null,
     };
     let mut body = match r.below(6) {
         0 => serde_json::to_vec_pretty(&doc).unwrap_or_default(),
         _ => serde_json::to_vec(&doc).unwrap_or_default(),
     };
-    match r.below(16) {
-        0..=1 => mutate(r, &mut body),
-        2 => body = b"<html><body>502 Bad Gateway</body></html>".to_vec(),
-        3 => body = format!("{}{}", "[".repeat(100 + r.below(100)), "]".repeat(r.below(200))).into_bytes(),
-        4 => body = [&b"\xef\xbb\xbf"[..], &body].concat(),
+    match r.below(32) {
+        0..=2 => mutate(r, &mut body),
+        3 => body = b"<html><body>502 Bad Gateway</body></html>".to_vec(),
+        4 => body = format!("{}{}", "[".repeat(100 + r.below(100)), "]".repeat(r.below(200))).into_bytes(),
+        5 => body = [&b"\xef\xbb\xbf"[..], &body].concat(),
         _ => {}
     }
     PlacesInput {
@@ -1565,18 +1568,18 @@ fn legacy_answer(r: &mut Rng) -> Value {
         "INVALID_REQUEST",
     ];
     let mut doc = serde_json::Map::new();
-    if !r.one_in(6) {
+    if !r.one_in(20) {
         doc.insert("html_attributions".into(), json!([]));
     }
     if r.one_in(4) {
         doc.insert("next_page_token".into(), json!(text(r)));
     }
-    if !r.one_in(6) {
+    if !r.one_in(20) {
         let n = if r.one_in(8) { r.below(25) } else { r.below(5) };
         let results: Vec<Value> = (0..n).map(|_| random_value(r, 3)).collect();
         doc.insert("results".into(), maybe_wrong(r, Value::Array(results)));
     }
-    if !r.one_in(8) {
+    if !r.one_in(20) {
         let status = json!(r.pick(STATUSES));
         doc.insert("status".into(), maybe_wrong(r, status));
     }

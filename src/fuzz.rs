@@ -26,7 +26,7 @@ use crate::places::{self, Pool};
 use crate::protocol::{self, AtRecord, Parsed, Request, Timestamp};
 use crate::session::{Session, Shared};
 use crate::slab::ConnId;
-use crate::table::Table;
+use crate::table::{Rules, Table};
 use crate::timer::Jitter;
 
 /// A target's state (table, links, ...) is rebuilt this often, so memory stays flat over
@@ -390,6 +390,11 @@ fn time(r: &mut Rng, out: &mut Vec<u8>) {
             r.digits(n, out)
         }
         2 => out.extend_from_slice(b"1e9"),
+        3 => {
+            // Within seconds of max_future_s ahead of the peer table's fixed clock.
+            let secs = PEER_CLOCK + MAX_FUTURE.as_secs() - 3 + r.below(7) as u64;
+            out.extend_from_slice(secs.to_string().as_bytes());
+        }
         _ => {
             let secs = 1_600_000_000 + r.next() % 200_000_000;
             out.extend_from_slice(secs.to_string().as_bytes());
@@ -605,7 +610,7 @@ fn make_client() -> ClientState {
         sh: Shared {
             name: ME.into(),
             servers: SERVERS.iter().map(|s| s.to_string()).collect(),
-            table: Table::default(),
+            table: ruled_table(),
             links: Links::new(ME.into(), Vec::new(), Duration::from_secs(5), now, 1),
             pool,
             scratch: Vec::new(),
@@ -614,6 +619,27 @@ fn make_client() -> ClientState {
         out: WriteQueue::default(),
         _poll: poll,
     }
+}
+
+/// SPEC §7's default `max_future_s`, and a small `max_clients` so that a run meets a full
+/// table often (the pool of client names has ten; random names fill the rest).
+const MAX_FUTURE: Duration = Duration::from_secs(86_400);
+const MAX_CLIENTS: usize = 64;
+/// The peer target's table clock, fixed so that records at the max_future bound are
+/// judged the same in every run.
+const PEER_CLOCK: u64 = 1_790_000_000;
+
+fn ruled_table() -> Table {
+    Table::with_rules(Rules {
+        max_future: Some(MAX_FUTURE),
+        max_clients: MAX_CLIENTS,
+        ttl: None,
+    })
+}
+
+/// A new client while the table holds `MAX_CLIENTS`: refused.
+fn refused_as_full(table: &Table, client: &[u8]) -> bool {
+    table.get(client).is_none() && table.len() >= MAX_CLIENTS
 }
 
 fn poll_and_waker() -> (mio::Poll, Arc<mio::Waker>) {
@@ -755,6 +781,10 @@ fn check_client(st: &mut ClientState, input: &ClientInput) -> Result<&'static st
         Parsed::Request(Request::Whatsat(w)) => st.sh.table.get(w.client).map(|rec| rec.line.clone()),
         _ => None,
     };
+    let full = match &parsed {
+        Parsed::Request(Request::Iamat(req)) => refused_as_full(&st.sh.table, req.client),
+        _ => false,
+    };
     let before = Timestamp::from_system_time(SystemTime::now());
     st.session
         .on_line(&mut st.sh, conn, &mut st.out, Line::Complete(line));
@@ -766,6 +796,15 @@ fn check_client(st: &mut ClientState, input: &ClientInput) -> Result<&'static st
             expect_eq("reply to an invalid line", &got, &invalid_reply(line)).map(|()| "invalid")
         }
         Parsed::Request(Request::Iamat(req)) => {
+            // SPEC §7: too far ahead of the clock at reading, or a new client for a full
+            // table: invalid. The clock was read between `before` and `after`.
+            if req.time > after.saturating_add(MAX_FUTURE) || full {
+                let kind = if full { "iamat-full" } else { "iamat-future" };
+                return expect_eq("reply to a refused IAMAT", &got, &invalid_reply(line)).map(|()| kind);
+            }
+            if req.time > before.saturating_add(MAX_FUTURE) {
+                return Ok("iamat-at-the-bound");
+            }
             check_at_reply(&st.sh.table, &req, &got, (before, after)).map(|()| "iamat")
         }
         Parsed::Request(Request::Whatsat(_)) => match stored_before {
@@ -918,9 +957,15 @@ struct PeerState {
 fn make_peer() -> PeerState {
     let now = Instant::now();
     let addr = |p: u16| -> SocketAddr { ([127, 0, 0, 1], p).into() };
-    let neighbours = vec![("Alpha".to_string(), addr(1)), ("Beta".to_string(), addr(2))];
+    let neighbours = vec![
+        ("Alpha".to_string(), addr(1).into()),
+        ("Beta".to_string(), addr(2).into()),
+    ];
     let mut links = Links::new(ME.into(), neighbours, Duration::from_secs(5), now, 1);
-    let table = Table::default();
+    let mut table = ruled_table();
+    table.tick(Timestamp::from_system_time(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(PEER_CLOCK),
+    ));
     links.expire(now);
     let mut commands = Vec::new();
     links.take_commands(&mut commands);
@@ -1044,6 +1089,9 @@ fn check_peer(st: &mut PeerState, input: &PeerInput) -> Result<&'static str, Str
     }
     let rec = parsed.filter(|r| st.servers.iter().any(|s| s.as_bytes() == r.server));
     let held = rec.as_ref().and_then(|r| st.table.get(r.client)).cloned();
+    let refused = rec.as_ref().is_some_and(|r| {
+        r.time > st.table.clock().saturating_add(MAX_FUTURE) || refused_as_full(&st.table, r.client)
+    });
     let len_before = st.table.len();
     st.links.record(
         st.from,
@@ -1060,21 +1108,23 @@ fn check_peer(st: &mut PeerState, input: &PeerInput) -> Result<&'static str, Str
     let mut canonical = Vec::new();
     rec.write_canonical(&mut canonical);
     check_canonical(&rec, &canonical)?;
-    let wins = held
-        .as_ref()
-        .is_none_or(|h| (rec.time, &canonical[..]) > (h.time, &h.line[..]));
+    let wins = !refused
+        && held
+            .as_ref()
+            .is_none_or(|h| (rec.time, &canonical[..]) > (h.time, &h.line[..]));
     let now_held = st.table.get(rec.client);
     if !wins {
         if now_held != held.as_ref() {
             return Err("a losing record changed the table".into());
         }
-        return expect_no_flood(st, "a losing record").map(|()| "lost");
+        let kind = if refused { "refused" } else { "lost" };
+        return expect_no_flood(st, "a losing record").map(|()| kind);
     }
     match now_held {
         Some(h) if h.time == rec.time && *h.line == canonical[..] && h.location() == rec.raw_location => {}
         other => return Err(format!("a winning record is not what the table holds: {other:?}")),
     }
-    st.links.flush(st.now, |_| 0);
+    st.links.flush(st.now, &st.table, |_| 0);
     st.links.take_commands(&mut st.commands);
     let mut sent = canonical;
     sent.push(b'\n');
@@ -1093,7 +1143,7 @@ fn unchanged_len(before: usize, after: usize) -> Result<(), String> {
 }
 
 fn expect_no_flood(st: &mut PeerState, what: &str) -> Result<(), String> {
-    st.links.flush(st.now, |_| 0);
+    st.links.flush(st.now, &st.table, |_| 0);
     st.links.take_commands(&mut st.commands);
     if st.commands.is_empty() {
         return Ok(());
@@ -1689,7 +1739,15 @@ fn short_run_client_lines() {
     let r = drive(&CLIENT, &Settings::small(3_000));
     reaches(
         &r,
-        &["iamat", "invalid", "whatsat", "whatsat-unknown", "overlong"],
+        &[
+            "iamat",
+            "iamat-future",
+            "iamat-full",
+            "invalid",
+            "whatsat",
+            "whatsat-unknown",
+            "overlong",
+        ],
     );
 }
 

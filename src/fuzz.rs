@@ -615,6 +615,7 @@ fn make_client() -> ClientState {
             pool,
             scratch: Vec::new(),
             now,
+            metrics: Arc::new(crate::metrics::Metrics::new(&[])),
         },
         out: WriteQueue::default(),
         _poll: poll,

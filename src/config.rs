@@ -259,7 +259,7 @@ fn too_big() -> String {
 /// relative to `base`.
 pub fn parse(text: &str, base: &Path, env: impl Fn(&str) -> Option<String>) -> Result<Herd, Problem> {
     check_caps(text)?;
-    let raw: RawHerd = serde_yaml::from_str(text).map_err(|e| Problem::Yaml(e.to_string()))?;
+    let raw: RawHerd = serde_yaml::from_str(text).map_err(|e| Problem::Yaml(one_line(e.to_string())))?;
     validate(raw, base, env)
 }
 
@@ -373,6 +373,25 @@ fn too_deep(number: usize) -> Problem {
     ))
 }
 
+/// Control characters escaped: an error quotes names and values from the file, which may
+/// hold line breaks, and a config error is always reported as one line.
+fn one_line(text: String) -> String {
+    if !text.contains(char::is_control) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// A config problem before the file name is known.
 #[derive(Debug, PartialEq)]
 pub enum Problem {
@@ -388,8 +407,8 @@ pub enum Problem {
 impl Problem {
     fn invalid(key: impl Into<String>, msg: impl Into<String>) -> Problem {
         Problem::Invalid {
-            key: key.into(),
-            msg: msg.into(),
+            key: one_line(key.into()),
+            msg: one_line(msg.into()),
         }
     }
 
@@ -1482,5 +1501,21 @@ mod tests {
         );
         let err = load(Path::new("/"), no_env).map(|_| ()).unwrap_err();
         assert!(err.to_string().starts_with("/: cannot read:"), "{err}");
+    }
+
+    /// Found by src/fuzz.rs: serde_yaml quotes the offending value, and a quoted value may
+    /// hold a line break, which made a two-line error.
+    #[test]
+    fn errors_quoting_line_breaks_stay_on_one_line() {
+        let yaml = "servers:\n  A: { port: 1, peer_port: 2 }\nplaces:\n  api: \"a\\nb\"\n";
+        let neighbour = "servers:\n  A: { port: 1, peer_port: 2, neighbours: [\"B\\r\\u0001\"] }\n";
+        for (text, want) in [(yaml, "`a\\nb`"), (neighbour, "`B\\r\\u{0001}`")] {
+            let msg = match parse(text, Path::new("/h"), |_| None) {
+                Ok(_) => panic!("{text} loaded"),
+                Err(e) => e.to_string(),
+            };
+            assert!(!msg.contains(['\n', '\r', '\u{1}']), "{msg:?}");
+            assert!(msg.contains(want), "{msg:?}");
+        }
     }
 }

@@ -8,6 +8,8 @@ mod admin;
 mod certs;
 mod cli;
 mod config;
+#[cfg(test)]
+mod fuzz;
 mod legacy_json;
 mod lines;
 mod links;

@@ -827,6 +827,17 @@ fn encode(s: &str) -> String {
     out
 }
 
+/// The reply document a worker makes of an answer from `api` (HTTP status and body), a
+/// failure included: the mapping without the call, for the fuzz harness (src/fuzz.rs).
+#[cfg(test)]
+pub fn answer_document(api: Api, http: u16, body: &[u8], bound: u8) -> Value {
+    let doc = match api {
+        Api::Legacy => legacy_document(http, body, bound),
+        Api::New => new_document(http, body, bound),
+    };
+    doc.unwrap_or_else(|f| legacy_json::document(Vec::new(), "UNKNOWN_ERROR", Some(&f.to_string())))
+}
+
 /// Legacy Nearby Search: Google's document passed through, `results` cut to the bound.
 /// Google answers its own errors with HTTP 200 and a `status`; any HTTP code with a
 /// `status` is passed through the same way.
@@ -835,9 +846,15 @@ fn legacy_document(http: u16, body: &[u8], bound: u8) -> Result<Value, Failure> 
     if !doc.get("status").is_some_and(Value::is_string) {
         return envelope(http, &doc);
     }
-    if let Some(Value::Array(results)) = doc.get_mut("results") {
-        results.truncate(bound.into());
+    // SPEC §2: a reply always has the legacy shape. Google's answers, its errors too,
+    // always carry both arrays, so a body without them is no Nearby Search answer.
+    if !doc.get("html_attributions").is_some_and(Value::is_array) {
+        return Err(Failure::NotPlaces { http });
     }
+    let Some(Value::Array(results)) = doc.get_mut("results") else {
+        return Err(Failure::NotPlaces { http });
+    };
+    results.truncate(bound.into());
     Ok(doc)
 }
 
@@ -1146,6 +1163,35 @@ mod tests {
         let env = br#"{"error": {"code": 403, "message": "no", "status": "PERMISSION_DENIED"}}"#;
         let doc = legacy_document(403, env, 5).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((status(&doc), message(&doc)), ("REQUEST_DENIED", "no"));
+    }
+
+    /// Found by src/fuzz.rs: a body with a status but not the two arrays was passed
+    /// through, and the reply lacked the legacy shape SPEC §2 promises.
+    #[test]
+    fn legacy_document_without_both_arrays_is_not_places() {
+        for body in [
+            &br#"{"html_attributions": [], "status": "REQUEST_DENIED"}"#[..],
+            br#"{"results": [], "status": "ZERO_RESULTS"}"#,
+            br#"{"html_attributions": [], "results": null, "status": "OK"}"#,
+            br#"{"html_attributions": "x", "results": [], "status": "OK"}"#,
+        ] {
+            assert_eq!(
+                legacy_document(200, body, 5),
+                Err(Failure::NotPlaces { http: 200 }),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    /// Found by src/fuzz.rs: without serde_json's float_roundtrip a number could come back
+    /// one bit off, so the reply printed another number than Google sent.
+    #[test]
+    fn numbers_in_an_answer_are_printed_as_google_sent_them() {
+        let body = br#"{"places": [{"location": {"latitude": -8.850773685734031e-181, "longitude": 3.7415508855866613e62}}]}"#;
+        let text = legacy_json::pretty(&answer_document(Api::New, 200, body, 1));
+        assert!(text.contains("\"lat\" : -8.850773685734031e-181,"), "{text}");
+        assert!(text.contains("\"lng\" : 3.7415508855866613e+62\n"), "{text}");
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub struct LineReader {
     max_line: usize,
     /// Inside an over-long line whose head was already reported: drop bytes up to `\n`.
     discarding: bool,
+    /// Bytes of the over-long line being discarded, counted so far.
+    overlong_len: usize,
+    /// The full length of an over-long line once its end is known, for the log (SPEC §7:
+    /// a logged message is cut and marked with its full length).
+    overlong_ended: Option<usize>,
 }
 
 impl LineReader {
@@ -52,7 +57,15 @@ impl LineReader {
             scanned: 0,
             max_line,
             discarding: false,
+            overlong_len: 0,
+            overlong_ended: None,
         }
+    }
+
+    /// The full length of the last over-long line, once its end has been read: its head
+    /// was handed out as `Line::Overlong` before the rest arrived.
+    pub fn overlong_ended(&mut self) -> Option<usize> {
+        self.overlong_ended.take()
     }
 
     /// Unprocessed input held, in bytes.
@@ -138,10 +151,12 @@ impl LineReader {
             self.scanned = self.start;
             if self.discarding {
                 self.discarding = false;
+                self.overlong_ended = Some(self.overlong_len + strip_cr(&self.buf[begin..nl]).len());
                 continue;
             }
             let line = strip_cr(&self.buf[begin..nl]);
             if line.len() > self.max_line {
+                self.overlong_ended = Some(line.len());
                 return Some(Line::Overlong(head(line)));
             }
             return Some(Line::Complete(line));
@@ -153,6 +168,7 @@ impl LineReader {
     fn without_newline(&mut self) -> Option<Line<'_>> {
         let begin = self.start;
         if self.discarding {
+            self.overlong_len += self.buf.len() - self.start;
             self.start = self.buf.len();
             self.scanned = self.start;
             return None;
@@ -163,6 +179,7 @@ impl LineReader {
         self.start = self.buf.len();
         self.scanned = self.start;
         self.discarding = true;
+        self.overlong_len = self.buf.len() - begin;
         Some(Line::Overlong(head(&self.buf[begin..])))
     }
 
@@ -172,11 +189,16 @@ impl LineReader {
         let begin = self.start;
         self.start = self.buf.len();
         self.scanned = self.start;
-        if std::mem::take(&mut self.discarding) || begin == self.buf.len() {
+        if std::mem::take(&mut self.discarding) {
+            self.overlong_ended = Some(self.overlong_len + self.buf.len() - begin);
+            return None;
+        }
+        if begin == self.buf.len() {
             return None;
         }
         let line = &self.buf[begin..];
         if line.len() > self.max_line {
+            self.overlong_ended = Some(line.len());
             return Some(Line::Overlong(head(line)));
         }
         Some(Line::Complete(line))
@@ -406,9 +428,29 @@ mod tests {
         let mut s = src(&chunks, false);
         fill(&mut r, &mut s);
         assert_eq!(drain(&mut r), vec![format!("!{expected_head}")]);
+        assert_eq!(r.overlong_ended(), None, "its end is not known yet");
         // More of the same line, then its end and a good line.
         fill(&mut r, &mut src(&[&[b'z'; 5000], b"zz\nafter\n"], false));
         assert_eq!(drain(&mut r), vec!["after"]);
+        assert_eq!(
+            r.overlong_ended(),
+            Some(2000 + 5002),
+            "the full length, for the log"
+        );
+        assert_eq!(r.overlong_ended(), None, "reported once");
+    }
+
+    #[test]
+    fn an_overlong_line_read_whole_or_ended_by_eof_reports_its_length() {
+        let mut r = LineReader::new(10);
+        fill(&mut r, &mut src(&[b"0123456789abc\r\nok\n"], false));
+        assert_eq!(drain(&mut r), vec!["!0123456789abc", "ok"]);
+        assert_eq!(r.overlong_ended(), Some(13));
+        let mut r = LineReader::new(10);
+        fill(&mut r, &mut src(&[&[b'x'; 40], &[b'y'; 7]], true));
+        assert_eq!(drain(&mut r).len(), 1);
+        assert!(r.take_last().is_none());
+        assert_eq!(r.overlong_ended(), Some(47));
     }
 
     #[test]

@@ -1204,6 +1204,7 @@ fn serve(sh: &mut Shared, conn: &mut Conn, id: ConnId, read_buf: &mut [u8]) -> i
             );
             served += 1;
             turn.wrote = true;
+            log_overlong_end(conn);
             continue;
         }
         if conn.state == Input::Eof {
@@ -1219,6 +1220,7 @@ fn serve(sh: &mut Shared, conn: &mut Conn, id: ConnId, read_buf: &mut [u8]) -> i
                     line,
                 );
             }
+            log_overlong_end(conn);
             conn.state = Input::Done;
             // The close happens at flush, once the replies are out.
             turn.wrote = true;
@@ -1263,6 +1265,17 @@ fn on_line(
             None => hello_line(sh, id, transport, session, output, state, line),
         },
         Role::PeerOut => sh.links.heard_on_outbound(id, line),
+    }
+}
+
+/// An over-long line's head was logged (and answered) before the rest arrived; its full
+/// length, once known, goes in a line of its own (SPEC §7).
+fn log_overlong_end(conn: &mut Conn) {
+    if let Some(len) = conn.input.overlong_ended() {
+        info!(
+            "{} over-long line was {len} bytes; all but its head discarded",
+            conn.session.peer
+        );
     }
 }
 

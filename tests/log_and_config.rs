@@ -33,6 +33,22 @@ fn a_long_message_is_logged_cut_with_its_length() {
     assert!(line.len() < 800, "log line of {} bytes", line.len());
 }
 
+/// An over-long line is answered (and its head logged) before its end arrives; once the
+/// end is read, its full length is logged too.
+#[test]
+fn an_over_long_line_is_logged_with_its_full_length() {
+    let h = Herd::single("");
+    let mut c = h.client("Alpha");
+    let msg = junk(2, 30_000);
+    assert_eq!(c.ask(&msg), format!("? {}\n", &msg[..256]));
+    let logged = eventually(DEADLINE, || {
+        h.log("Alpha")
+            .contains("over-long line was 30000 bytes")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "no full length logged:\n{}", h.log("Alpha"));
+}
+
 #[test]
 fn the_log_rotates_at_rotate_mb_and_keeps_keep_files() {
     let h = Herd::single("log: { dir: logs, level: info, rotate_mb: 1, keep: 2 }\n");

@@ -116,6 +116,9 @@ write_herd() {
     done
     echo "places: { api: new, url: '$places_url', workers: 16, timeout_ms: 5000 }"
     echo "log: { dir: $out/logs, level: info }"
+    # SPEC's default max_connections (10000) would refuse the load connections that (f)
+    # opens beside its 10,000 idle ones; Redis gets --maxclients 20000 for the same reason.
+    echo "limits: { max_connections: 20000 }"
   } >"$file"
 }
 start_herd() { # config, names...

@@ -1,58 +1,58 @@
 //! The server's log file, `<log.dir>/<Name>.log` (SPEC §4), in UTC.
 //!
-//! Records go into a large in-memory buffer; the reactor writes it out at most 20 ms after
-//! a record is made (and at shutdown), so a busy server pays one write per 64 KiB or per
-//! 20 ms rather than one per log line.
+//! Records go into a large in-memory buffer, handed to the log writer thread when full
+//! and by the reactor at most 20 ms after a record is made (and at shutdown): a busy
+//! server's threads pay a copy per log line, and the `write` calls run on that thread
+//! (src/log_writer.rs).
 //!
-//! simplelog's WriteLogger filters and writes the records. Each record's prefix (UTC time
-//! to the nanosecond, level) is written by `Stamped` instead of simplelog's own: simplelog
-//! formats the time through the `time` crate and allocates a `String` for the level on
-//! every record, which profiled at a sixth of the server's CPU under load, since SPEC §4
-//! has a log line for every message.
+//! `FileLog` is the `log` backend: it keeps herd's own records at the configured level
+//! and writes each as `2026-11-24T00:26:29.397918777Z [INFO] text`. SPEC §4 has a log
+//! line for every message, so those lines (`message`) skip `format_args!` and the `log`
+//! machinery and are written piece by piece into the same buffer, under the same lock,
+//! so they keep their order with every other record. Formatting had profiled at a third
+//! of the server's user-space instructions under load.
 
 use std::cell::Cell;
+use std::fmt::{self, Display};
 use std::fs;
-use std::io::BufWriter;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::{Log, Metadata, Record};
-use simplelog::{ConfigBuilder, SharedLogger, WriteLogger};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::config::Rotation;
 use crate::log_file::LogFile;
+use crate::log_writer::{self, Handoff};
 
-/// Small enough that writing a full buffer holds up the reactor only briefly (about 30 µs
-/// into reused page-cache pages), large enough for a few hundred records per write.
+/// Large enough for a few hundred records per write; the writer thread holds a few.
 const LOG_BUFFER: usize = 64 * 1024;
+
+/// The installed backend, for `message`.
+static FILE_LOG: OnceLock<&'static FileLog> = OnceLock::new();
 
 /// Opens (appending) the server's log file, rotated as `rotation` says, and installs it
 /// as the `log` backend. Returns the file's path.
-pub fn init(dir: &Path, name: &str, level: log::LevelFilter, rotation: Rotation) -> Result<PathBuf, String> {
+pub fn init(dir: &Path, name: &str, level: LevelFilter, rotation: Rotation) -> Result<PathBuf, String> {
     fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
     let path = dir.join(format!("{name}.log"));
     let file = LogFile::open(path.clone(), rotation, &REOPEN)
         .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-    let config = ConfigBuilder::new()
-        // `Stamped` writes the time and the level.
-        .set_time_level(log::LevelFilter::Off)
-        .set_max_level(log::LevelFilter::Off)
-        .set_thread_level(log::LevelFilter::Off)
-        .set_target_level(log::LevelFilter::Off)
-        .set_location_level(log::LevelFilter::Off)
-        // Only herd's own records: ureq logs request URLs (with the legacy API's key) at
-        // trace level, and library chatter does not belong in the server's log anyway.
-        .add_filter_allow_str("herd")
-        .build();
-    let writer = BufWriter::with_capacity(LOG_BUFFER, file);
-    let inner = WriteLogger::new(level, config, writer);
-    log::set_max_level(inner.level());
-    log::set_boxed_logger(Box::new(Stamped(inner))).map_err(|e| format!("cannot install logger: {e}"))?;
+    let sink =
+        log_writer::start(file, LOG_BUFFER).map_err(|e| format!("cannot start the log writer: {e}"))?;
+    let backend: &'static FileLog = Box::leak(Box::new(FileLog {
+        level,
+        sink: Mutex::new(sink),
+    }));
+    log::set_logger(backend).map_err(|e| format!("cannot install logger: {e}"))?;
+    log::set_max_level(level);
+    let _ = FILE_LOG.set(backend);
     Ok(path)
 }
 
-/// Set when a record is buffered, cleared when the buffer is written out.
+/// Set when a record is buffered, cleared when the buffer is handed on.
 static UNFLUSHED: AtomicBool = AtomicBool::new(false);
 
 /// Set by `reopen`, seen by the log file at its next write or flush.
@@ -64,17 +64,30 @@ static REOPEN: AtomicBool = AtomicBool::new(false);
 pub fn reopen() {
     REOPEN.store(true, Ordering::Relaxed);
     flush();
+    // Reopened now, not at the next record's write.
+    if let Some(log) = FILE_LOG.get() {
+        log.lock().poke();
+    }
 }
 
 /// The current time as the log shows it, for lines the log file writes about itself.
-pub fn now() -> impl std::fmt::Display {
+pub fn now() -> impl Display {
     Utc(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default())
 }
 
-/// Writes buffered records to the file.
+/// Hands buffered records to the writer thread.
 pub fn flush() {
     UNFLUSHED.store(false, Ordering::Relaxed);
     log::logger().flush();
+}
+
+/// Writes everything logged so far to the file, waiting at most a second: for the end of
+/// the process, which would otherwise lose what the writer thread has not written yet.
+pub fn finish() {
+    UNFLUSHED.store(false, Ordering::Relaxed);
+    if let Some(log) = FILE_LOG.get() {
+        log.lock().sync(Duration::from_secs(1));
+    }
 }
 
 /// Whether records may wait in the buffer.
@@ -82,42 +95,112 @@ pub fn unflushed() -> bool {
     UNFLUSHED.load(Ordering::Relaxed)
 }
 
-/// Prefixes each record with `2026-11-24T00:26:29.397918777Z [INFO] ` and hands it on.
-struct Stamped<L>(L);
+/// One INFO line built by `build` straight into the log buffer: for the line SPEC §4
+/// has for every message. Does nothing below INFO or before `init` (unit tests).
+pub fn message(build: impl FnOnce(&mut Line<'_>)) {
+    let Some(log) = FILE_LOG.get() else {
+        return;
+    };
+    if log.level < Level::Info {
+        return;
+    }
+    let mut sink = log.lock();
+    let out = sink.room(MESSAGE_ROOM);
+    stamp(out, Level::Info);
+    build(&mut Line { out });
+    out.push(b'\n');
+    UNFLUSHED.store(true, Ordering::Relaxed);
+}
 
-impl<L: Log> Log for Stamped<L> {
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.0.enabled(metadata)
+/// Room made for a message line before it is written: enough for the longest (two texts
+/// cut at `SHOWN_MAX`, an address and a few names); a longer one only grows the buffer.
+const MESSAGE_ROOM: usize = 1024;
+
+/// The text of one `message` line, appended piece by piece.
+pub struct Line<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Line<'_> {
+    /// Text of the server's own.
+    pub fn text(&mut self, text: &str) -> &mut Self {
+        self.out.extend_from_slice(text.as_bytes());
+        self
     }
 
-    fn log(&self, record: &Record<'_>) {
-        if !self.0.enabled(record.metadata()) {
-            return;
+    /// Bytes that came from outside, shown as `Shown` shows them.
+    pub fn shown(&mut self, bytes: &[u8]) -> &mut Self {
+        let (view, cut) = view(bytes);
+        match view {
+            View::Text(text) => self.out.extend_from_slice(text),
+            View::Escaped(head) => {
+                let _ = write!(self.out, "{}", head.escape_ascii());
+            }
         }
-        let now = Utc(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
-        let level = record.level().as_str();
-        self.0.log(
-            &Record::builder()
-                .args(format_args!("{now} [{level}] {}", record.args()))
-                .metadata(record.metadata().clone())
-                .module_path(record.module_path())
-                .file(record.file())
-                .line(record.line())
-                .build(),
-        );
-        // Only herd's records are written (see init): others leave nothing to flush.
-        if record.target().starts_with("herd") {
-            UNFLUSHED.store(true, Ordering::Relaxed);
+        if let Some(len) = cut {
+            let _ = write!(self.out, "...({len} bytes)");
         }
+        self
     }
 
-    fn flush(&self) {
-        self.0.flush();
+    /// Anything else, formatted.
+    pub fn display(&mut self, value: impl Display) -> &mut Self {
+        let _ = write!(self.out, "{value}");
+        self
     }
 }
 
+/// herd's own records at `level` or above, into the buffer that the writer thread writes
+/// out. Other crates' records are left out: ureq logs request URLs (with the legacy API's
+/// key) at trace level, and library chatter does not belong in the server's log anyway.
+struct FileLog {
+    level: LevelFilter,
+    sink: Mutex<Handoff>,
+}
+
+impl FileLog {
+    fn lock(&self) -> MutexGuard<'_, Handoff> {
+        // A thread that panicked while writing left at worst a partial line.
+        self.sink.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Log for FileLog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level && metadata.target().starts_with("herd")
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let mut sink = self.lock();
+        stamp(&mut *sink, record.level());
+        let _ = writeln!(sink, "{}", record.args());
+        UNFLUSHED.store(true, Ordering::Relaxed);
+    }
+
+    fn flush(&self) {
+        let _ = self.lock().flush();
+    }
+}
+
+/// A record's prefix: `2026-11-24T00:26:29.397918777Z [INFO] `.
+fn stamp(out: &mut impl Write, level: Level) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let _ = out.write_all(&utc_text(now));
+    let tag: &[u8] = match level {
+        Level::Error => b" [ERROR] ",
+        Level::Warn => b" [WARN] ",
+        Level::Info => b" [INFO] ",
+        Level::Debug => b" [DEBUG] ",
+        Level::Trace => b" [TRACE] ",
+    };
+    let _ = out.write_all(tag);
+}
+
 /// A time since the epoch shown as RFC 3339 in UTC with nanoseconds.
-struct Utc(std::time::Duration);
+struct Utc(Duration);
 
 /// "YYYY-MM-DDTHH:MM:SS." for one second.
 type SecondText = [u8; 20];
@@ -128,20 +211,25 @@ thread_local! {
     static LAST_SECOND: Cell<(u64, SecondText)> = const { Cell::new((u64::MAX, [0; 20])) };
 }
 
-impl std::fmt::Display for Utc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = self.0.as_secs();
-        let (cached, mut second) = LAST_SECOND.get();
-        if cached != secs {
-            second = second_text(secs);
-            LAST_SECOND.set((secs, second));
-        }
-        let mut b = *b"0000-00-00T00:00:00.000000000Z";
-        b[..20].copy_from_slice(&second);
-        put_digits(&mut b[20..29], u64::from(self.0.subsec_nanos()));
+impl Display for Utc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Only ASCII digits and punctuation were written.
-        f.write_str(std::str::from_utf8(&b).unwrap_or("????-??-??T??:??:??.?????????Z"))
+        f.write_str(std::str::from_utf8(&utc_text(self.0)).unwrap_or("????-??-??T??:??:??.?????????Z"))
     }
+}
+
+/// `2026-11-24T00:26:29.397918777Z` for a time since the epoch.
+fn utc_text(since_epoch: Duration) -> [u8; 30] {
+    let secs = since_epoch.as_secs();
+    let (cached, mut second) = LAST_SECOND.get();
+    if cached != secs {
+        second = second_text(secs);
+        LAST_SECOND.set((secs, second));
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    b[..20].copy_from_slice(&second);
+    put_digits(&mut b[20..29], u64::from(since_epoch.subsec_nanos()));
+    b
 }
 
 fn second_text(secs: u64) -> SecondText {
@@ -190,26 +278,51 @@ pub const SHOWN_MAX: usize = 256;
 /// the full length.
 pub struct Shown<'a>(pub &'a [u8]);
 
-impl std::fmt::Display for Shown<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cut = self.0.len() > SHOWN_MAX;
-        let head = &self.0[..self.0.len().min(SHOWN_MAX)];
-        // One branch-free pass (it vectorises) instead of an early-exit scan per byte.
-        let control = head.iter().fold(false, |acc, &b| acc | (b < 0x20) | (b == 0x7f));
-        match std::str::from_utf8(head) {
-            Ok(s) if !control => f.write_str(s)?,
-            // The cut fell inside a character: show the text before it.
-            Err(e) if cut && !control && e.error_len().is_none() => {
-                let (text, _) = head.split_at(e.valid_up_to());
-                f.write_str(std::str::from_utf8(text).unwrap_or_default())?
-            }
-            _ => write!(f, "{}", head.escape_ascii())?,
+impl Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (view, cut) = view(self.0);
+        match view {
+            View::Text(text) => f.write_str(std::str::from_utf8(text).unwrap_or_default())?,
+            View::Escaped(head) => write!(f, "{}", head.escape_ascii())?,
         }
-        if cut {
-            write!(f, "...({} bytes)", self.0.len())?;
+        if let Some(len) = cut {
+            write!(f, "...({len} bytes)")?;
         }
         Ok(())
     }
+}
+
+/// How the head of a logged text is shown.
+enum View<'a> {
+    /// Printable UTF-8, written as it is.
+    Text(&'a [u8]),
+    /// Anything else: escaped byte by byte.
+    Escaped(&'a [u8]),
+}
+
+/// The shown part of `bytes`, and their full length if they were cut.
+fn view(bytes: &[u8]) -> (View<'_>, Option<usize>) {
+    let cut = (bytes.len() > SHOWN_MAX).then_some(bytes.len());
+    let head = &bytes[..bytes.len().min(SHOWN_MAX)];
+    // Nearly every logged text is printable ASCII: one branch-free pass (it vectorises)
+    // settles it, with no UTF-8 decoding and no cut character to look for.
+    if head
+        .iter()
+        .fold(0u8, |acc, &b| acc | u8::from(b.wrapping_sub(0x20) >= 0x5f))
+        == 0
+    {
+        return (View::Text(head), cut);
+    }
+    let control = head.iter().fold(false, |acc, &b| acc | (b < 0x20) | (b == 0x7f));
+    let view = match std::str::from_utf8(head) {
+        Ok(_) if !control => View::Text(head),
+        // The cut fell inside a character: show the text before it.
+        Err(e) if cut.is_some() && !control && e.error_len().is_none() => {
+            View::Text(&head[..e.valid_up_to()])
+        }
+        _ => View::Escaped(head),
+    };
+    (view, cut)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod legacy_json;
 mod lines;
 mod links;
 mod log_file;
+mod log_writer;
 mod logging;
 mod metrics;
 mod places;
@@ -193,7 +194,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     }
     // Whatever was logged since the reactor's last write: Places calls that ended during
     // the shutdown grace, or the records before a failure.
-    logging::flush();
+    logging::finish();
     result.map_err(|e| format!("reactor failed: {e}"))
 }
 

@@ -14,7 +14,7 @@ use log::{debug, info};
 
 use crate::lines::{Line, WriteQueue};
 use crate::links::Links;
-use crate::logging::Shown;
+use crate::logging::{self, Shown};
 use crate::metrics::{MessageKind, Metrics};
 use crate::places::{self, Pool, Submit};
 use crate::protocol::{self, Location, Parsed, Request, Timestamp};
@@ -147,10 +147,14 @@ fn answer_whatsat(peer: &str, received: Option<&[u8]>, at_line: &[u8], json: &st
     write_whatsat_reply(at_line, json, out);
     // The reply as sent (SPEC §4), cut at 256 bytes and marked with its length like any
     // logged text (§7): the AT line and the head of the JSON.
-    match received {
-        Some(line) => info!("{peer} recv: {} | sent: {}", Shown(line), Shown(out)),
-        None => info!("{peer} sent: {}", Shown(out)),
-    }
+    logging::message(|l| {
+        l.text(peer);
+        if let Some(line) = received {
+            l.text(" recv: ").shown(line);
+            l.text(" |");
+        }
+        l.text(" sent: ").shown(out);
+    });
 }
 
 impl Session {
@@ -242,7 +246,13 @@ impl Session {
 
     fn invalid(&mut self, metrics: &Metrics, scratch: &mut Vec<u8>, out: &mut WriteQueue, line: &[u8]) {
         metrics.message(MessageKind::Invalid);
-        info!("{} recv: {} | sent: ? {}", self.peer, Shown(line), Shown(line));
+        logging::message(|l| {
+            l.text(&self.peer)
+                .text(" recv: ")
+                .shown(line)
+                .text(" | sent: ? ")
+                .shown(line);
+        });
         scratch.clear();
         protocol::write_invalid(line, scratch);
         self.replies.push(out, scratch);
@@ -261,12 +271,17 @@ impl Session {
 
 /// Floods a winning IAMAT's record and writes the message's one log line.
 fn flood_and_log(peer: &str, line: &[u8], links: &mut Links, won: bool, reply: &[u8]) {
-    if won {
-        let to = links.flood(reply, None);
-        info!("{peer} recv: {} | sent: {}{to}", Shown(line), Shown(reply));
-    } else {
-        info!("{peer} recv: {} | sent: {}", Shown(line), Shown(reply));
-    }
+    let to = won.then(|| links.flood(reply, None));
+    logging::message(|l| {
+        l.text(peer)
+            .text(" recv: ")
+            .shown(line)
+            .text(" | sent: ")
+            .shown(reply);
+        if let Some(to) = to {
+            l.display(to);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! The log file as an append-only writer that keeps its share of the page cache small.
 //!
-//! A busy server writes its log at up to ~100 MB/s (a line per message, SPEC §4). Left to
+//! A busy server writes its log at up to ~200 MB/s (a line per message, SPEC §4). Left to
 //! the kernel, that text piles up as dirty pages until the flusher wakes (after 30 s, or
-//! at gigabytes), and past `vm.dirty_ratio` the kernel stalls the writer, which here is
-//! the reactor thread. The server never reads its log back, so each chunk written is
-//! handed to writeback at once (`sync_file_range`, which starts the I/O and, unless the
-//! device's queue is full, does not wait for it), and the chunk two before it, normally
+//! at gigabytes), and past `vm.dirty_ratio` the kernel stalls the writer: the log writer
+//! thread, and once its buffers are full the reactor behind it. The server never reads
+//! its log back, so each chunk written is handed to writeback at once
+//! (`sync_file_range`, which starts the I/O and, unless the device's queue is full, does
+//! not wait for it), and the chunk two before it, normally
 //! on disk by then, is dropped from the cache (`posix_fadvise(DONTNEED)`). Dirty log data
 //! stays under two chunks and cached log data near three, and new writes reuse freed
 //! pages: on the benchmark VM, writing into pages never touched before ran at about

@@ -17,7 +17,7 @@
 use std::io::{self, Write};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::log_file::LogFile;
 
@@ -65,7 +65,9 @@ fn write_out(mut file: LogFile, queue: &Receiver<Job>, give_back: &SyncSender<Ve
     for job in queue {
         match job {
             Job::Write(mut buf) => {
-                // A failed write (a full disk) loses that text; the file notes what it can.
+                // A failed write (a full disk) loses the rest of this buffer, unnoted: there
+                // is nowhere left to note it. Every buffer ends at a line end, so the next
+                // one starts with a whole line.
                 let _ = file.write_all(&buf);
                 buf.clear();
                 // A record longer than a buffer grew this one: give the memory back.
@@ -89,19 +91,31 @@ impl Handoff {
         let _ = self.jobs.try_send(Job::Flush);
     }
 
-    /// Hands off what is buffered and waits, at most `limit`, until everything handed
-    /// off is in the file: for the end of the process.
+    /// Hands off what is buffered and waits, at most `limit` in all, until everything
+    /// handed off is in the file: for the end of the process, which must not hang on a
+    /// stalled disk (SIGTERM is honoured within a second, SPEC §1).
     pub fn sync(&mut self, limit: Duration) {
-        let _ = self.flush();
+        let deadline = Instant::now() + limit;
+        if !self.current.is_empty() {
+            let Ok(next) = self.next_buffer(Some(limit)) else {
+                return;
+            };
+            let full = std::mem::replace(&mut self.current, next);
+            if self.jobs.try_send(Job::Write(full)).is_err() {
+                return;
+            }
+        }
         let (done, wait) = sync_channel(1);
-        if self.jobs.send(Job::Sync(done)).is_ok() {
-            // Past the limit (a stalled disk) the process ends without the rest.
-            let _ = wait.recv_timeout(limit);
+        if self.jobs.try_send(Job::Sync(done)).is_ok() {
+            // Past the limit the process ends without the rest.
+            let _ = wait.recv_timeout(deadline.saturating_duration_since(Instant::now()));
         }
     }
 
     /// The buffer, with room for `n` more bytes unless it is empty (handed off first if
-    /// it has not): for a record written straight into it.
+    /// it has not): records are written straight into it, whole, so that every buffer
+    /// handed off ends at a line end. A rotation or a reopen, which happen between two
+    /// buffers, then never split a line between two files.
     pub fn room(&mut self, n: usize) -> &mut Vec<u8> {
         if self.current.len() + n > self.capacity && !self.current.is_empty() {
             // On failure the buffer was emptied (see `hand_off`): the record goes on.
@@ -112,17 +126,7 @@ impl Handoff {
 
     /// Sends the current buffer to the writer thread and goes on in a free one.
     fn hand_off(&mut self) -> io::Result<()> {
-        let next = match self.free.try_recv() {
-            Ok(buf) => Ok(buf),
-            Err(TryRecvError::Empty) if self.made < BUFFERS => {
-                self.made += 1;
-                Ok(Vec::with_capacity(self.capacity))
-            }
-            // All are with the writer: wait for one, as a direct write would have waited.
-            Err(TryRecvError::Empty) => self.free.recv().map_err(|_| gone()),
-            Err(TryRecvError::Disconnected) => Err(gone()),
-        };
-        let full = match next {
+        let full = match self.next_buffer(None) {
             Ok(next) => std::mem::replace(&mut self.current, next),
             Err(e) => {
                 self.current.clear();
@@ -130,6 +134,27 @@ impl Handoff {
             }
         };
         self.jobs.send(Job::Write(full)).map_err(|_| gone())
+    }
+
+    /// A free buffer: one given back, a new one while fewer than BUFFERS exist, or else
+    /// the next one given back, waited for (at most `wait` if given), as a direct write
+    /// would have waited.
+    fn next_buffer(&mut self, wait: Option<Duration>) -> io::Result<Vec<u8>> {
+        match self.free.try_recv() {
+            Ok(buf) => Ok(buf),
+            Err(TryRecvError::Empty) if self.made < BUFFERS => {
+                self.made += 1;
+                Ok(Vec::with_capacity(self.capacity))
+            }
+            Err(TryRecvError::Empty) => match wait {
+                None => self.free.recv().map_err(|_| gone()),
+                Some(limit) => self
+                    .free
+                    .recv_timeout(limit)
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut)),
+            },
+            Err(TryRecvError::Disconnected) => Err(gone()),
+        }
     }
 }
 
@@ -226,6 +251,60 @@ mod tests {
         h.sync(Duration::from_secs(30));
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
         assert_eq!(len, 48 << 20, "the file when sync returned");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reopen_between_buffers_never_splits_a_record() {
+        let dir = std::env::temp_dir().join(format!("herd-log-reopen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("reopen.log");
+        let moved = dir.join("reopen.log.old");
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&moved);
+        let rotation = Rotation {
+            max_bytes: None,
+            keep: 0,
+        };
+        let reopen = flag();
+        let file = LogFile::open(path.clone(), rotation, reopen).expect("open");
+        let mut h = start(file, 64).expect("start");
+        for i in 0..5_000 {
+            if i == 2_500 {
+                // logrotate's move, then SIGHUP's flag, seen at the next buffer's write.
+                std::fs::rename(&path, &moved).expect("move the log away");
+                reopen.store(true, std::sync::atomic::Ordering::Relaxed);
+                h.poke();
+            }
+            // In pieces, as a record is formatted.
+            let out = h.room(32);
+            out.extend_from_slice(b"record ");
+            out.extend_from_slice(i.to_string().as_bytes());
+            out.extend_from_slice(b" end\n");
+        }
+        h.sync(Duration::from_secs(10));
+        let old = std::fs::read_to_string(&moved).expect("the moved log");
+        let new = std::fs::read_to_string(&path).expect("the reopened log");
+        for (name, text) in [("moved", &old), ("reopened", &new)] {
+            assert!(text.ends_with('\n'), "{name} log ends mid-record");
+            for line in text.lines() {
+                let ok = line
+                    .strip_prefix("record ")
+                    .and_then(|l| l.strip_suffix(" end"))
+                    .is_some_and(|n| n.parse::<u32>().is_ok());
+                assert!(ok, "{name} log holds a split record: {line:?}");
+            }
+        }
+        let all: Vec<u32> = old
+            .lines()
+            .chain(new.lines())
+            .map(|l| l["record ".len()..l.len() - 4].parse().expect("number"))
+            .collect();
+        assert_eq!(
+            all,
+            (0..5_000).collect::<Vec<u32>>(),
+            "every record, once, in order"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

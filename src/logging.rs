@@ -112,9 +112,13 @@ pub fn message(build: impl FnOnce(&mut Line<'_>)) {
     UNFLUSHED.store(true, Ordering::Relaxed);
 }
 
-/// Room made for a message line before it is written: enough for the longest (two texts
-/// cut at `SHOWN_MAX`, an address and a few names); a longer one only grows the buffer.
-const MESSAGE_ROOM: usize = 1024;
+/// Room made for a message line before it is written: enough for the longest, two texts
+/// cut at `SHOWN_MAX` and escaped (up to 4 bytes each) with their length marks, plus an
+/// address and a few names. A longer line only grows the buffer for once.
+const MESSAGE_ROOM: usize = 2 * (4 * SHOWN_MAX + 32) + 512;
+
+/// The same for any other record: most are short; a long one grows the buffer for once.
+const RECORD_ROOM: usize = 512;
 
 /// The text of one `message` line, appended piece by piece.
 pub struct Line<'a> {
@@ -175,8 +179,10 @@ impl Log for FileLog {
             return;
         }
         let mut sink = self.lock();
-        stamp(&mut *sink, record.level());
-        let _ = writeln!(sink, "{}", record.args());
+        // Whole, into the buffer itself (see `Handoff::room`).
+        let out = sink.room(RECORD_ROOM);
+        stamp(out, record.level());
+        let _ = writeln!(out, "{}", record.args());
         UNFLUSHED.store(true, Ordering::Relaxed);
     }
 

@@ -333,6 +333,26 @@ impl<T: Fair> Pool<T> {
     }
 }
 
+impl<T: Fair> Pool<T> {
+    /// The connection `lane` closed: its lookups are answered to no one, so the calls no
+    /// other connection waits for are dropped before a worker starts them (one already
+    /// under way runs on, bounded by `timeout_ms`). Returns how many were dropped.
+    pub fn forget(&mut self, lane: Lane) -> usize {
+        let mut sched = self.shared.sched();
+        let mut dropped = 0;
+        self.waiting.retain(|_, w| {
+            w.tags.retain(|t| t.connection() != lane);
+            w.lanes.retain(|&l| l != lane);
+            let orphan = w.tags.is_empty() && sched.queue.cancel(w.call);
+            dropped += usize::from(orphan);
+            !orphan
+        });
+        sched.queue.forget_lane(lane);
+        self.shared.counters.set_queue_depth(sched.queue.len());
+        dropped
+    }
+}
+
 impl<T> Pool<T> {
     /// Called by the reactor on each waker event: hands every finished answer to `f`
     /// (once per tag that joined the query), draining the channel until empty because

@@ -35,7 +35,7 @@ use crate::logging::Shown;
 use crate::places::Pool;
 use crate::protocol;
 use crate::resolver::Resolver;
-use crate::session::{OUT_HIGH, Session, Shared};
+use crate::session::{self, OUT_HIGH, Session, Shared};
 use crate::slab::{ConnId, Slab};
 use crate::table::Table;
 use crate::timer::Throttle;
@@ -1066,6 +1066,12 @@ impl Reactor {
                 self.accept.clients -= 1;
                 self.sh.metrics.closed();
                 info!("{addr} closed: {why}");
+                if conn.session.awaits_places() {
+                    let dropped = self.sh.pool.forget(session::lane(id));
+                    if dropped > 0 {
+                        info!("{addr}: {dropped} queued Places lookups dropped with the connection");
+                    }
+                }
             }
             Role::PeerIn => {
                 if self.sh.links.closed(id, why, now).is_none() {

@@ -37,8 +37,13 @@ pub struct Tag {
 /// Places lookups are served round-robin over connections: one per (slot, generation).
 impl crate::places::Fair for Tag {
     fn connection(&self) -> u64 {
-        (self.conn.index as u64) ^ (u64::from(self.conn.generation) << 32)
+        lane(self.conn)
     }
+}
+
+/// The connection's identity in the Places pool's fair queue.
+pub fn lane(conn: ConnId) -> u64 {
+    (conn.index as u64) ^ (u64::from(conn.generation) << 32)
 }
 
 /// What every message may read or change, besides its own connection.
@@ -169,6 +174,11 @@ impl Session {
     /// input is not served until that changes.
     pub fn backpressured(&self, out: &WriteQueue) -> bool {
         out.len() + self.replies.bytes >= OUT_HIGH || self.replies.waiting >= MAX_WAITING
+    }
+
+    /// Some reply waits for a Places answer.
+    pub fn awaits_places(&self) -> bool {
+        self.replies.waiting > 0
     }
 
     /// No reply is held back.

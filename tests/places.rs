@@ -493,6 +493,46 @@ fn a_flood_on_other_connections_delays_a_lookup_by_at_most_a_call_per_worker() {
 }
 
 #[test]
+fn lookups_queued_by_a_client_that_left_are_never_called() {
+    let stub = PlacesStub::start();
+    stub.set(Behaviour::Delay(Duration::from_millis(300)));
+    let h = herd_with(&stub, "new", 1, 5000, Some(KEY));
+    let mut setup = h.client("Alpha");
+    setup.ask(KIWI);
+    // Twenty distinct lookups: the one worker takes the first, nineteen wait.
+    let mut leaver = h.client("Alpha");
+    let batch: String = (1..=20).map(|r| format!("WHATSAT kiwi {r} 1\n")).collect();
+    leaver.send(batch);
+    assert_eq!(
+        stub.wait_requests(1, DEADLINE).len(),
+        1,
+        "the first lookup reached Places"
+    );
+    socket2::SockRef::from(&leaver.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(leaver);
+    let closed = eventually(DEADLINE, || {
+        h.log("Alpha").contains("closed: Connection reset").then_some(())
+    });
+    assert!(closed.is_some(), "server noticed the reset");
+    // Two lookups one after the other from a client that stays. Had the leaver's queue
+    // survived, the fair queue would put one of its calls between these two.
+    let mut stayer = h.client("Alpha");
+    for bound in [2, 3] {
+        let (_, v, _) = whatsat(&mut stayer, &format!("WHATSAT kiwi 30 {bound}"));
+        assert_eq!(status(&v), "OK");
+    }
+    let calls = stub.requests().len();
+    assert_eq!(calls, 3, "calls made: the leaver's first, then the stayer's two");
+    assert!(
+        h.log("Alpha")
+            .contains("19 queued Places lookups dropped with the connection"),
+        "the drop is logged"
+    );
+}
+
+#[test]
 fn failed_connections_and_5xx_are_retried_other_4xx_never() {
     let stub = PlacesStub::start();
     let h = herd_with(&stub, "new", 2, 5000, Some(KEY));

@@ -84,6 +84,17 @@ impl<J> FairQueue<J> {
         state.calls.push_back(call);
     }
 
+    /// Drops `call` if no worker has started it: true if it was dropped. The lanes'
+    /// entries for it are skipped when they come up, as for a call another lane started.
+    pub fn cancel(&mut self, call: CallId) -> bool {
+        self.jobs.remove(&call).is_some()
+    }
+
+    /// Forgets `lane` (its connection closed): its turn, if it has one, is skipped.
+    pub fn forget_lane(&mut self, lane: Lane) {
+        self.lanes.remove(&lane);
+    }
+
     /// The next call to start, in fair order.
     pub fn pop(&mut self) -> Option<J> {
         while let Some((round, _, lane)) = self.ready.pop_first() {
@@ -269,6 +280,26 @@ mod tests {
     /// Lanes' calls in the order a single worker would start them.
     fn order(q: &mut FairQueue<(Lane, u32)>) -> Vec<(Lane, u32)> {
         std::iter::from_fn(|| q.pop()).collect()
+    }
+
+    #[test]
+    fn cancelled_calls_and_forgotten_lanes_are_skipped() {
+        let mut q = FairQueue::default();
+        for call in 0..3 {
+            q.push(1, call, (1, call as u32));
+        }
+        q.push(2, 10, (2, 10));
+        q.push(2, 11, (2, 11));
+        // Lane 2 waits for lane 1's last call too: cancelling it leaves lane 2 its own.
+        q.join(2, 2);
+        assert!(q.cancel(1));
+        assert!(!q.cancel(1), "already gone");
+        assert_eq!(q.pop(), Some((1, 0)));
+        assert!(!q.cancel(0), "a started call is not cancelled");
+        q.forget_lane(1);
+        assert!(q.cancel(2));
+        assert_eq!(order(&mut q), vec![(2, 10), (2, 11)]);
+        assert_eq!(q.len(), 0);
     }
 
     #[test]

@@ -416,6 +416,11 @@ impl Links {
     }
 
     /// The neighbour whose records arrive on `conn`, once its HELLO was accepted.
+    /// Inbound links up (each with its HELLO accepted).
+    pub fn inbound_count(&self) -> usize {
+        self.neighbours.iter().filter(|nb| nb.inbound.is_some()).count()
+    }
+
     pub fn inbound_from(&self, conn: ConnId) -> Option<NeighbourId> {
         self.find(|nb| nb.inbound == Some(conn))
     }

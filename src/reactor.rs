@@ -60,6 +60,10 @@ const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// made (and when the 64 KiB buffer fills). Handing off once per loop pass would wake that
 /// thread for a dozen requests' worth at pipeline 1.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// Peer-port connections that may wait for their HELLO at once. A neighbour's link says
+/// HELLO right after it connects, so this many only come from a flood; each holds a slot,
+/// buffers and, under TLS, a handshake's state until its deadline.
+const PEERS_WITHOUT_HELLO: usize = 64;
 /// Retry delay after `accept` fails for lack of resources (EMFILE and the like).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// A failure that repeats (out of descriptors, over the connection cap) is logged at most
@@ -131,7 +135,7 @@ pub struct Reactor {
     /// `peers.dead_after`: the dialler's TCP user timeout.
     dead_after: Duration,
     tls: Option<TlsSetup>,
-    /// Accepted TLS peer connections and when each must have said an accepted HELLO, in
+    /// Accepted peer connections and when each must have said an accepted HELLO, in
     /// accept order (every deadline is the same span after its accept, so the front is
     /// always the earliest).
     handshakes: VecDeque<(Instant, ConnId)>,
@@ -163,9 +167,12 @@ struct AcceptState {
     max_clients: usize,
     /// Client connections open now.
     clients: usize,
+    /// Peer-port connections open now, with a HELLO or still without.
+    peers: usize,
     retry_at: Option<Instant>,
     failed: Throttle,
     refused: Throttle,
+    peers_refused: Throttle,
 }
 
 /// What a connection is for.
@@ -322,9 +329,11 @@ impl Reactor {
             accept: AcceptState {
                 max_clients: settings.max_connections,
                 clients: 0,
+                peers: 0,
                 retry_at: None,
                 failed: Throttle::new(WARN_EVERY),
                 refused: Throttle::new(WARN_EVERY),
+                peers_refused: Throttle::new(WARN_EVERY),
             },
             resolver,
             dead_after: settings.dead_after,
@@ -641,13 +650,18 @@ impl Reactor {
                         drop(stream);
                         continue;
                     }
+                    if which == PEER_LISTENER && self.peers_over_cap(addr, now) {
+                        drop(stream);
+                        continue;
+                    }
                     let (role, max_line) = match which {
                         LISTENER => (Role::Client, self.max_line),
                         _ => (Role::PeerIn, self.max_line + PEER_LINE_SLACK),
                     };
                     if let Some(id) = self.add_conn(stream, addr, role, max_line, Interest::READABLE) {
                         if role == Role::PeerIn {
-                            self.accept_tls(id, now);
+                            self.accept.peers += 1;
+                            self.accept_peer(id, now);
                         }
                         // Data may have come with the connection; readiness already fired.
                         self.schedule(id);
@@ -675,6 +689,24 @@ impl Reactor {
                 }
             }
         }
+    }
+
+    /// True when the peer port already holds `PEERS_WITHOUT_HELLO` connections that have
+    /// not said an accepted HELLO; logs that (throttled). Each has a deadline (see
+    /// `accept_peer`), so this bounds what anyone who reaches the port can hold.
+    fn peers_over_cap(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        let linked = self.sh.links.inbound_count();
+        let waiting = self.accept.peers.saturating_sub(linked);
+        if waiting < PEERS_WITHOUT_HELLO {
+            return false;
+        }
+        if let Some(held) = self.accept.peers_refused.allow(now) {
+            warn!(
+                "{addr} (peer port) refused: {waiting} peer connections have not said HELLO yet; \
+                 {held} more refused since the last report"
+            );
+        }
+        true
     }
 
     /// True when a new client would exceed `max_connections`; logs that (throttled).
@@ -783,10 +815,11 @@ impl Reactor {
         }
     }
 
-    /// Under `peer_tls`, an accepted peer connection is TLS from its first byte, and must
-    /// finish its handshake and say an accepted HELLO within the connect timeout.
-    fn accept_tls(&mut self, id: ConnId, now: Instant) {
+    /// An accepted peer connection must say an accepted HELLO within `hello_deadline`.
+    /// Under `peer_tls` it is TLS from its first byte, and the handshake comes first.
+    fn accept_peer(&mut self, id: ConnId, now: Instant) {
         let Some(tls) = &self.tls else {
+            self.handshakes.push_back((now + self.hello_deadline(), id));
             return;
         };
         match tls.accept() {
@@ -861,6 +894,19 @@ impl Reactor {
 
     /// Closes every accepted TLS peer connection that has not had a HELLO accepted within
     /// the connect timeout: a stalled or silent handshake holds nothing for long.
+    /// How long an accepted peer connection has to say its HELLO: the connect timeout
+    /// under TLS (SPEC §6); otherwise twice `dead_after` (SPEC §5 closes an inbound link
+    /// silent that long) or of the connect timeout, whichever is longer, so that a HELLO
+    /// delayed by a lossy path's retransmissions still makes it. A neighbour says HELLO
+    /// as soon as it has connected.
+    fn hello_deadline(&self) -> Duration {
+        if self.tls.is_some() {
+            CONNECT_TIMEOUT
+        } else {
+            2 * self.dead_after.max(CONNECT_TIMEOUT)
+        }
+    }
+
     fn expire_handshakes(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.handshakes.front() {
             if at > now {
@@ -878,7 +924,7 @@ impl Reactor {
             } else {
                 "no HELLO"
             };
-            let why = format!("{why} within {} ms", CONNECT_TIMEOUT.as_millis());
+            let why = format!("{why} within {} ms", self.hello_deadline().as_millis());
             self.close(id, &why, now);
         }
     }
@@ -1074,6 +1120,7 @@ impl Reactor {
                 }
             }
             Role::PeerIn => {
+                self.accept.peers -= 1;
                 if self.sh.links.closed(id, why, now).is_none() {
                     info!("{addr} (peer port) closed: {why}");
                 }

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -349,4 +349,67 @@ fn sigusr1_sigusr2_sigpipe_and_sigalrm_do_not_kill_the_server() {
     h.server("Alpha").signal("TERM");
     let status = h.server("Alpha").wait_exit(DEADLINE);
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
+
+/// EOF (or a reset) on `s` within DEADLINE: the server closed it.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(DEADLINE)).expect("read timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn peer_connections_that_never_say_hello_are_bounded_and_time_out() {
+    let h = alpha_with_beta("peers: { dead_after_ms: 1000 }\n");
+    let peer_port = h.spec("Alpha").peer_port;
+    // Before any of them is accepted, so every deadline is at least 4 s after this.
+    let started = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..64)
+        .map(|_| TcpStream::connect(("127.0.0.1", peer_port)).expect("peer connect"))
+        .collect();
+    let accepted = eventually(DEADLINE, || {
+        (h.log("Alpha").matches("connected to the peer port").count() >= 64).then_some(())
+    });
+    assert!(accepted.is_some(), "the server accepted the 64");
+    // The 65th is closed at once.
+    let mut extra = TcpStream::connect(("127.0.0.1", peer_port)).expect("peer connect");
+    assert!(closed_by_server(&mut extra), "the 65th was not closed");
+    // ... while the 64 are still open: it was refused, not timed out.
+    let first = &mut silent[0];
+    first.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(first.read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock),
+        "the first silent connection was closed already"
+    );
+    first.set_nonblocking(false).expect("blocking");
+    assert!(
+        log_has(
+            &h,
+            "(peer port) refused: 64 peer connections have not said HELLO yet"
+        ),
+        "the refusal is logged"
+    );
+    let mut c = h.client("Alpha");
+    assert!(c.ask("x").starts_with("? x"), "clients are still served");
+    // Each of the 64 is closed after its deadline (twice dead_after or the 2 s connect
+    // timeout, whichever is longer), and not before.
+    for s in &mut silent {
+        assert!(closed_by_server(s), "a silent peer connection stayed open");
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "closed before its deadline"
+    );
+    assert!(log_has(&h, "no HELLO within 4000 ms"), "the close says why");
+    // The port is free again for a neighbour.
+    let _beta = as_beta(&h, &[]);
+    assert!(log_has(&h, "link from Beta"), "Beta's HELLO after the flood");
 }

@@ -415,12 +415,12 @@ impl Links {
         self.find(|nb| matches!(nb.out, Out::Connecting { conn: c, .. } if c == conn))
     }
 
-    /// The neighbour whose records arrive on `conn`, once its HELLO was accepted.
     /// Inbound links up (each with its HELLO accepted).
     pub fn inbound_count(&self) -> usize {
         self.neighbours.iter().filter(|nb| nb.inbound.is_some()).count()
     }
 
+    /// The neighbour whose records arrive on `conn`, once its HELLO was accepted.
     pub fn inbound_from(&self, conn: ConnId) -> Option<NeighbourId> {
         self.find(|nb| nb.inbound == Some(conn))
     }

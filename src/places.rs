@@ -336,14 +336,15 @@ impl<T: Fair> Pool<T> {
 impl<T: Fair> Pool<T> {
     /// The connection `lane` closed: its lookups are answered to no one, so the calls no
     /// other connection waits for are dropped before a worker starts them (one already
-    /// under way runs on, bounded by `timeout_ms`). Returns how many were dropped.
+    /// under way runs on, bounded by `timeout_ms`). The breaker's probe is never dropped:
+    /// only its outcome takes the breaker out of half-open. Returns how many were dropped.
     pub fn forget(&mut self, lane: Lane) -> usize {
         let mut sched = self.shared.sched();
         let mut dropped = 0;
         self.waiting.retain(|_, w| {
             w.tags.retain(|t| t.connection() != lane);
             w.lanes.retain(|&l| l != lane);
-            let orphan = w.tags.is_empty() && sched.queue.cancel(w.call);
+            let orphan = w.tags.is_empty() && sched.queue.cancel(w.call, |job| !job.probe);
             dropped += usize::from(orphan);
             !orphan
         });

@@ -60,9 +60,9 @@ const MAX_POLL_WAIT: Duration = Duration::from_secs(1);
 /// made (and when the 64 KiB buffer fills). Handing off once per loop pass would wake that
 /// thread for a dozen requests' worth at pipeline 1.
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(20);
-/// Peer-port connections that may wait for their HELLO at once. A neighbour's link says
-/// HELLO right after it connects, so this many only come from a flood; each holds a slot,
-/// buffers and, under TLS, a handshake's state until its deadline.
+/// Peer-port connections that may wait for their HELLO at once; past it the oldest goes.
+/// A neighbour's link says HELLO right after it connects, so this many only come from a
+/// flood; each holds a slot, buffers and, under TLS, a handshake's state.
 const PEERS_WITHOUT_HELLO: usize = 64;
 /// Retry delay after `accept` fails for lack of resources (EMFILE and the like).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -650,9 +650,8 @@ impl Reactor {
                         drop(stream);
                         continue;
                     }
-                    if which == PEER_LISTENER && self.peers_over_cap(addr, now) {
-                        drop(stream);
-                        continue;
+                    if which == PEER_LISTENER {
+                        self.make_room_for_peer(addr, now);
                     }
                     let (role, max_line) = match which {
                         LISTENER => (Role::Client, self.max_line),
@@ -691,22 +690,35 @@ impl Reactor {
         }
     }
 
-    /// True when the peer port already holds `PEERS_WITHOUT_HELLO` connections that have
-    /// not said an accepted HELLO; logs that (throttled). Each has a deadline (see
-    /// `accept_peer`), so this bounds what anyone who reaches the port can hold.
-    fn peers_over_cap(&mut self, addr: SocketAddr, now: Instant) -> bool {
+    /// With `PEERS_WITHOUT_HELLO` peer connections already waiting for their HELLO, closes
+    /// the oldest of them (logged, throttled) to make room for the one just accepted.
+    /// Each has a deadline (see `accept_peer`), so this bounds what anyone who reaches the
+    /// port can hold; and since a neighbour says HELLO within a round trip of connecting,
+    /// a flood of silent connections displaces only its own, never a neighbour's new link.
+    fn make_room_for_peer(&mut self, addr: SocketAddr, now: Instant) {
         let linked = self.sh.links.inbound_count();
         let waiting = self.accept.peers.saturating_sub(linked);
         if waiting < PEERS_WITHOUT_HELLO {
-            return false;
+            return;
         }
-        if let Some(held) = self.accept.peers_refused.allow(now) {
-            warn!(
-                "{addr} (peer port) refused: {waiting} peer connections have not said HELLO yet; \
-                 {held} more refused since the last report"
-            );
+        // The queue is in accept order; entries for connections linked or closed since
+        // are dropped on the way.
+        while let Some((_, id)) = self.handshakes.pop_front() {
+            let silent = self.conns.get(id).is_some_and(|c| c.state != Input::Done)
+                && self.sh.links.inbound_from(id).is_none();
+            if !silent {
+                continue;
+            }
+            if let Some(held) = self.accept.peers_refused.allow(now) {
+                warn!(
+                    "{addr} (peer port): {waiting} peer connections are waiting for their HELLO; \
+                     closing the oldest ({held} more since the last report)"
+                );
+            }
+            let why = format!("displaced: {PEERS_WITHOUT_HELLO} peer connections waiting for their HELLO");
+            self.close(id, &why, now);
+            return;
         }
-        true
     }
 
     /// True when a new client would exceed `max_connections`; logs that (throttled).
@@ -892,8 +904,6 @@ impl Reactor {
         }
     }
 
-    /// Closes every accepted TLS peer connection that has not had a HELLO accepted within
-    /// the connect timeout: a stalled or silent handshake holds nothing for long.
     /// How long an accepted peer connection has to say its HELLO: the connect timeout
     /// under TLS (SPEC §6); otherwise twice `dead_after` (SPEC §5 closes an inbound link
     /// silent that long) or of the connect timeout, whichever is longer, so that a HELLO
@@ -907,6 +917,9 @@ impl Reactor {
         }
     }
 
+    /// Closes every accepted peer connection that has not had a HELLO accepted by its
+    /// deadline (`hello_deadline`): a stalled handshake or a silent peer holds nothing
+    /// for long.
     fn expire_handshakes(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.handshakes.front() {
             if at > now {

@@ -84,9 +84,13 @@ impl<J> FairQueue<J> {
         state.calls.push_back(call);
     }
 
-    /// Drops `call` if no worker has started it: true if it was dropped. The lanes'
-    /// entries for it are skipped when they come up, as for a call another lane started.
-    pub fn cancel(&mut self, call: CallId) -> bool {
+    /// Drops `call` if no worker has started it and `droppable` says so of its job: true
+    /// if it was dropped. The lanes' entries for it are skipped when they come up, as for
+    /// a call another lane started.
+    pub fn cancel(&mut self, call: CallId, droppable: impl FnOnce(&J) -> bool) -> bool {
+        if !self.jobs.get(&call).is_some_and(droppable) {
+            return false;
+        }
         self.jobs.remove(&call).is_some()
     }
 
@@ -292,12 +296,13 @@ mod tests {
         q.push(2, 11, (2, 11));
         // Lane 2 waits for lane 1's last call too: cancelling it leaves lane 2 its own.
         q.join(2, 2);
-        assert!(q.cancel(1));
-        assert!(!q.cancel(1), "already gone");
+        assert!(!q.cancel(1, |_| false), "kept when its job says so");
+        assert!(q.cancel(1, |_| true));
+        assert!(!q.cancel(1, |_| true), "already gone");
         assert_eq!(q.pop(), Some((1, 0)));
-        assert!(!q.cancel(0), "a started call is not cancelled");
+        assert!(!q.cancel(0, |_| true), "a started call is not cancelled");
         q.forget_lane(1);
-        assert!(q.cancel(2));
+        assert!(q.cancel(2, |_| true));
         assert_eq!(order(&mut q), vec![(2, 10), (2, 11)]);
         assert_eq!(q.len(), 0);
     }

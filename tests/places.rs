@@ -39,6 +39,19 @@ fn whatsat(c: &mut Client, msg: &str) -> (String, Value, String) {
     (at, value, json)
 }
 
+/// Resets `c` (not a half-close: the server must drop the connection and free its slot)
+/// and waits until the server has noticed.
+fn reset_and_wait_closed(h: &Herd, c: Client) {
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(c);
+    let closed = eventually(DEADLINE, || {
+        h.log("Alpha").contains("closed: Connection reset").then_some(())
+    });
+    assert!(closed.is_some(), "server noticed the reset");
+}
+
 fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap_or("<none>")
 }
@@ -346,14 +359,7 @@ fn a_client_that_leaves_before_its_answer_does_not_get_it_delivered_to_a_success
     );
     // A reset, not a half-close: the server must drop the connection (and free its slot)
     // while the answer is still on its way.
-    socket2::SockRef::from(&first.stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(first);
-    let closed = eventually(DEADLINE, || {
-        h.log("Alpha").contains("closed: Connection reset").then_some(())
-    });
-    assert!(closed.is_some(), "server noticed the reset");
+    reset_and_wait_closed(&h, first);
     // The new connection takes the freed slot (slots are reused last-in first-out) and
     // has its own WHATSAT waiting in the same place of its order; only the generation
     // tells the two answers apart.
@@ -508,14 +514,7 @@ fn lookups_queued_by_a_client_that_left_are_never_called() {
         1,
         "the first lookup reached Places"
     );
-    socket2::SockRef::from(&leaver.stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(leaver);
-    let closed = eventually(DEADLINE, || {
-        h.log("Alpha").contains("closed: Connection reset").then_some(())
-    });
-    assert!(closed.is_some(), "server noticed the reset");
+    reset_and_wait_closed(&h, leaver);
     // Two lookups one after the other from a client that stays. Had the leaver's queue
     // survived, the fair queue would put one of its calls between these two.
     let mut stayer = h.client("Alpha");

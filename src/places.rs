@@ -331,9 +331,7 @@ impl<T: Fair> Pool<T> {
         );
         Submit::Queued
     }
-}
 
-impl<T: Fair> Pool<T> {
     /// The connection `lane` closed: its lookups are answered to no one, so the calls no
     /// other connection waits for are dropped before a worker starts them (one already
     /// under way runs on, bounded by `timeout_ms`). The breaker's probe is never dropped:

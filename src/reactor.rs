@@ -704,9 +704,7 @@ impl Reactor {
         // The queue is in accept order; entries for connections linked or closed since
         // are dropped on the way.
         while let Some((_, id)) = self.handshakes.pop_front() {
-            let silent = self.conns.get(id).is_some_and(|c| c.state != Input::Done)
-                && self.sh.links.inbound_from(id).is_none();
-            if !silent {
+            if !self.waits_for_hello(id) {
                 continue;
             }
             if let Some(held) = self.accept.peers_refused.allow(now) {
@@ -904,6 +902,12 @@ impl Reactor {
         }
     }
 
+    /// An accepted peer connection still open that has neither had its HELLO accepted nor
+    /// been refused (a refused one is closing after its `? ...` reply).
+    fn waits_for_hello(&self, id: ConnId) -> bool {
+        self.conns.get(id).is_some_and(|c| c.state != Input::Done) && self.sh.links.inbound_from(id).is_none()
+    }
+
     /// How long an accepted peer connection has to say its HELLO: the connect timeout
     /// under TLS (SPEC §6); otherwise twice `dead_after` (SPEC §5 closes an inbound link
     /// silent that long) or of the connect timeout, whichever is longer, so that a HELLO
@@ -926,13 +930,11 @@ impl Reactor {
                 return;
             }
             self.handshakes.pop_front();
-            let Some(conn) = self.conns.get(id) else {
-                continue;
-            };
-            if conn.state == Input::Done || self.sh.links.inbound_from(id).is_some() {
+            if !self.waits_for_hello(id) {
                 continue;
             }
-            let why = if conn.transport.is_handshaking() {
+            let handshaking = self.conns.get(id).is_some_and(|c| c.transport.is_handshaking());
+            let why = if handshaking {
                 "TLS handshake not done"
             } else {
                 "no HELLO"

@@ -154,11 +154,11 @@ fn answer_whatsat(peer: &str, received: Option<&[u8]>, at_line: &[u8], json: &st
     // logged text (§7): the AT line and the head of the JSON.
     logging::message(|l| {
         l.text(peer);
-        if let Some(line) = received {
-            l.text(" recv: ").shown(line);
-            l.text(" |");
+        match received {
+            Some(line) => l.text(" recv: ").shown(line).text(" | sent: "),
+            None => l.text(" sent: "),
         }
-        l.text(" sent: ").shown(out);
+        .shown(out);
     });
 }
 

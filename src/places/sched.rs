@@ -88,10 +88,7 @@ impl<J> FairQueue<J> {
     /// if it was dropped. The lanes' entries for it are skipped when they come up, as for
     /// a call another lane started.
     pub fn cancel(&mut self, call: CallId, droppable: impl FnOnce(&J) -> bool) -> bool {
-        if !self.jobs.get(&call).is_some_and(droppable) {
-            return false;
-        }
-        self.jobs.remove(&call).is_some()
+        self.jobs.get(&call).is_some_and(droppable) && self.jobs.remove(&call).is_some()
     }
 
     /// Forgets `lane` (its connection closed): its turn, if it has one, is skipped.
